@@ -1,0 +1,1 @@
+"""tierwise inference side: the Router library and the HTTP service."""

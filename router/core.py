@@ -1,0 +1,227 @@
+"""``Router``: load a trained tierwise model and recommend a tier per prompt.
+
+>>> from router import Router
+>>> r = Router.load("models:/tierwise@champion")          # or a local bundle / MLflow model directory
+>>> d = r.route("Summarise this paragraph in one sentence: ...")
+>>> d.tier, d.model, d.probabilities, d.reason
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from router.bundle import BundleMeta, find_bundle, read_meta
+from router.catalog import Catalog
+from router.classifier import TierClassifier
+from router.decision import ROLES, Reason, decide, decide_batch, escalation_path
+from router.features import structural_features
+
+
+class Decision(BaseModel):
+    """A routing decision for one prompt."""
+
+    tier: str = Field(description="Recommended tier name.")
+    tier_index: int = Field(description="Position of the tier in the catalog (0 = cheapest).")
+    model: str = Field(description="Model that serves the recommended tier.")
+    probabilities: dict[str, float] = Field(description="Predicted P(acceptable answer) per tier, cheapest first.")
+    threshold: float = Field(description="Threshold the decision used.")
+    reason: str = Field(description="Why this tier: a Reason code.")
+    escalation: list[str] = Field(description="Tiers to try next, in order, if the answer fails verification.")
+    role: str = Field(description="Agent role the decision was made for.")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a router came from (for logs, headers and /readyz)."""
+
+    uri: str
+    name: str | None = None
+    version: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.name and self.version:
+            return f"{self.name}/{self.version}"
+        return self.uri
+
+
+class Router:
+    """A trained router: encoder + structural features + per-tier classifier + decision rule.
+
+    Build it with :meth:`load` (registry URI or directory) or :meth:`from_bundle`.
+    """
+
+    def __init__(
+        self,
+        meta: BundleMeta,
+        encoder: object,
+        classifier: TierClassifier,
+        *,
+        ref: ModelRef | None = None,
+        bundle_dir: Path | None = None,
+        num_threads: int = 1,
+    ) -> None:
+        self.meta = meta
+        self.encoder = encoder
+        self.classifier = classifier
+        self.ref = ref or ModelRef(uri=str(bundle_dir) if bundle_dir else "<memory>")
+        self.bundle_dir = bundle_dir
+        self.num_threads = num_threads
+
+    # --- construction --------------------------------------------------------------------------------------
+    @classmethod
+    def from_bundle(cls, directory: str | Path, *, threads: int = 1, ref: ModelRef | None = None) -> Router:
+        """Load from a bundle directory (or an MLflow model directory that contains one)."""
+        from router.encoders import load_encoder
+
+        bdir = find_bundle(directory)
+        meta = read_meta(bdir)
+        encoder = load_encoder(bdir / "encoder", threads=threads)
+        clf = TierClassifier.load(bdir / "classifier")
+        return cls(meta, encoder, clf, ref=ref or ModelRef(uri=str(bdir)), bundle_dir=bdir, num_threads=threads)
+
+    @classmethod
+    def load(cls, uri_or_path: str | os.PathLike[str], *, tracking_uri: str | None = None, threads: int = 1) -> Router:
+        """Load a router from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a local directory.
+
+        Registry URIs are resolved against ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI`` or tierwise's local
+        SQLite store).
+        """
+        text = str(uri_or_path)
+        if Path(text).exists():
+            return cls.from_bundle(text, threads=threads)
+        if "://" not in text and not text.startswith("models:/") and not text.startswith("runs:/"):
+            raise FileNotFoundError(f"no such model directory or registry URI: {text}")
+        local, ref = download_model(text, tracking_uri=tracking_uri)
+        return cls.from_bundle(local, threads=threads, ref=ref)
+
+    # --- properties ----------------------------------------------------------------------------------------
+    @property
+    def catalog(self) -> Catalog:
+        return self.meta.catalog
+
+    @property
+    def tiers(self) -> list[str]:
+        return self.catalog.tier_names
+
+    @property
+    def threshold(self) -> float:
+        return self.meta.threshold
+
+    # --- prediction ----------------------------------------------------------------------------------------
+    def features(self, prompts: Sequence[str], roles: Sequence[str | None] | None = None) -> np.ndarray:
+        """Feature matrix as the classifier was trained on it."""
+        parts = []
+        if self.meta.features.embedding:
+            parts.append(self.encoder.encode(list(prompts)))
+        if self.meta.features.structural:
+            parts.append(structural_features(prompts, roles))
+        return np.hstack(parts).astype(np.float32)
+
+    def predict_proba_array(self, prompts: Sequence[str], roles: Sequence[str | None] | None = None) -> np.ndarray:
+        """P(acceptable) per tier as an array ``[n, T]``."""
+        return self.classifier.predict_proba(self.features(prompts, roles), num_threads=self.num_threads)
+
+    def predict_proba(self, prompts: Sequence[str], roles: Sequence[str | None] | None = None) -> pd.DataFrame:
+        """P(acceptable) per tier: one row per prompt, one column per tier (cheapest first)."""
+        return pd.DataFrame(self.predict_proba_array(prompts, roles), columns=self.tiers)
+
+    def route(
+        self,
+        prompt: str,
+        threshold: float | None = None,
+        role: str | None = None,
+        min_tier: str | None = None,
+        max_tier: str | None = None,
+    ) -> Decision:
+        """Recommend a tier for one prompt. See :func:`router.decision.decide` for the rule."""
+        return self.route_batch([prompt], threshold=threshold, roles=[role], min_tier=min_tier, max_tier=max_tier)[0]
+
+    def route_batch(
+        self,
+        prompts: Sequence[str],
+        threshold: float | None = None,
+        roles: Sequence[str | None] | None = None,
+        min_tier: str | None = None,
+        max_tier: str | None = None,
+    ) -> list[Decision]:
+        """Vectorised :meth:`route`: one encoder and one classifier call for all prompts."""
+        if isinstance(prompts, str):
+            raise TypeError("route_batch takes a sequence of prompts; use route() for one prompt")
+        roles = list(roles) if roles is not None else [None] * len(prompts)
+        for r in roles:
+            if r is not None and r not in ROLES:
+                raise ValueError(f"unknown role {r!r}; roles are {', '.join(ROLES)}")
+        proba = self.predict_proba_array(prompts, roles)
+        return [
+            self.decide(p, threshold=threshold, role=r, min_tier=min_tier, max_tier=max_tier)
+            for p, r in zip(proba, roles, strict=True)
+        ]
+
+    def decide(
+        self,
+        proba: np.ndarray,
+        *,
+        threshold: float | None = None,
+        role: str | None = None,
+        min_tier: str | None = None,
+        max_tier: str | None = None,
+    ) -> Decision:
+        """Turn one row of probabilities into a :class:`Decision` (no model call)."""
+        thr = self.threshold if threshold is None else float(threshold)
+        role = role or "single"
+        cat = self.catalog
+        floor, floor_reason = 0, Reason.PLANNER_FLOOR
+        if role == "plan":
+            floor = cat.plan_floor
+        elif role == "verify":
+            floor, floor_reason = cat.verify_floor, Reason.VERIFIER_FLOOR
+        lo = cat.index(min_tier) if min_tier is not None else None
+        hi = cat.index(max_tier) if max_tier is not None else None
+        choice = decide(proba, thr, floor=floor, floor_reason=floor_reason, min_tier=lo, max_tier=hi)
+        tier = cat.tiers[choice.tier]
+        return Decision(
+            tier=tier.name,
+            tier_index=choice.tier,
+            model=tier.model,
+            probabilities={t: round(float(p), 6) for t, p in zip(self.tiers, proba, strict=True)},
+            threshold=thr,
+            reason=choice.reason.value,
+            escalation=[cat.tiers[i].name for i in escalation_path(choice.tier, len(cat.tiers), hi)],
+            role=role,
+        )
+
+    def choose(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Vectorised tier indices for a probability matrix (role ``single``, no clamps)."""
+        return decide_batch(proba, self.threshold if threshold is None else threshold)
+
+
+def download_model(uri: str, *, tracking_uri: str | None = None) -> tuple[Path, ModelRef]:
+    """Download an MLflow model (registry or run URI) to a local temp dir; resolve name/version for aliases."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from router.settings import resolve_tracking_uri
+
+    turi = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(turi)
+    name = version = None
+    if uri.startswith("models:/"):
+        body = uri[len("models:/") :]
+        client = MlflowClient(tracking_uri=turi)
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias).version
+        elif "/" in body:
+            name, version = body.split("/", 1)
+    dst = Path(tempfile.mkdtemp(prefix="tierwise-model-"))
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=turi)
+    return Path(local), ModelRef(uri=uri, name=name, version=str(version) if version is not None else None)

@@ -1,0 +1,91 @@
+"""Prometheus metrics of the routing service, on a registry of their own (one per app instance).
+
+With several uvicorn workers, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory before the workers start
+(``tierwise serve --workers N`` does it): every worker then writes its samples there and ``/metrics`` aggregates
+all workers, whichever one answers the scrape.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
+
+
+class ServiceMetrics:
+    """The collectors; ``render()`` returns the exposition text and its content type."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "tierwise_requests", "Routing decisions by endpoint, tier and role.", ("endpoint", "tier", "role"),
+            registry=r,
+        )
+        self.reasons = Counter("tierwise_decision_reasons", "Routing decisions by reason code.", ("reason",), registry=r)
+        self.latency = Histogram(
+            "tierwise_decision_latency_seconds",
+            "Time to decide (queueing + encoder + classifier + rule), per HTTP request.",
+            ("endpoint",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "tierwise_errors", "Error responses by endpoint, status and error type.", ("endpoint", "status", "type"),
+            registry=r,
+        )
+        self.spend = Counter(
+            "tierwise_estimated_spend_usd", "Estimated USD of the routed calls (list or batch price).", ("tier",),
+            registry=r,
+        )
+        self.baseline_spend = Counter(
+            "tierwise_estimated_baseline_spend_usd",
+            "Estimated USD of the same calls had they all gone to the top tier.",
+            registry=r,
+        )
+        self.feedback = Counter(
+            "tierwise_feedback", "Feedback received, by tier and outcome.", ("tier", "acceptable"), registry=r
+        )
+        self.batch_size = Histogram(
+            "tierwise_microbatch_size", "Prompts per encoder call (micro-batching).", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.reloads = Counter("tierwise_model_reloads", "Model reload attempts by result.", ("result",), registry=r)
+        self.log_dropped = Counter(
+            "tierwise_decision_log_dropped", "Decision-log rows dropped (queue full or write error).", registry=r
+        )
+        mode = {"multiprocess_mode": "liveall"} if multiprocess_dir() else {}
+        self.model_info = Gauge(
+            "tierwise_model_info",
+            "The served model (value 1): name, version and whether it is the degraded last-good copy.",
+            ("router_version", "degraded"),
+            registry=r,
+            **mode,
+        )
+
+    def set_model(self, router_version: str, degraded: bool) -> None:
+        self.model_info.clear()
+        self.model_info.labels(router_version=router_version, degraded=str(degraded).lower()).set(1)
+
+    def render(self) -> tuple[bytes, str]:
+        mp = multiprocess_dir()
+        if mp:
+            from prometheus_client import multiprocess
+
+            reg = CollectorRegistry()
+            multiprocess.MultiProcessCollector(reg, path=mp)
+            return generate_latest(reg), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

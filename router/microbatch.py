@@ -1,0 +1,163 @@
+"""Micro-batching: concurrent requests share one encoder + classifier call.
+
+Each ``/v1/route`` request puts its text on a queue and awaits a future. A collector task waits until an inference
+slot is free, takes every request already waiting (up to ``max_batch``), lets the batch fill for ``window_ms`` more
+when it is not full, and runs ``router.predict_proba_array`` once for the whole batch in a worker thread. While that
+call runs, new requests queue up and form the next batch, so under load the batch size grows with the arrival rate
+instead of requests queueing one by one; an idle server adds at most ``window_ms`` to a request.
+
+The model is read once per batch (``get_model()``), so a batch never mixes two models during a reload; each
+caller gets the model together with its probability row and makes its decision with that same model.
+A batch that fails is retried prompt by prompt, so one poisonous input fails only its own request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("tierwise.service")
+
+_Item = tuple[str, str | None, "asyncio.Future[tuple[Any, np.ndarray]]"]
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        get_model: Callable[[], Any],
+        predict: Callable[[Any, list[str], list[str | None]], np.ndarray],
+        *,
+        window_ms: float = 1.0,
+        max_batch: int = 64,
+        threads: int = 1,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.get_model = get_model
+        self.predict = predict
+        self.window = max(0.0, window_ms) / 1000.0
+        self.max_batch = max(1, max_batch)
+        self.threads = max(1, threads)
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="tierwise-infer")
+        self._running: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._slots = asyncio.Semaphore(self.threads)
+        self._task = asyncio.create_task(self._collect(), name="tierwise-microbatch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        if self._queue is not None:
+            while not self._queue.empty():
+                _, _, fut = self._queue.get_nowait()
+                if not fut.done():
+                    fut.set_exception(RuntimeError("service is shutting down"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- API ---------------------------------------------------------------------------------------------------
+    async def submit(self, text: str, role: str | None) -> tuple[Any, np.ndarray]:
+        """(model, P(acceptable) per tier) for one prompt, computed together with concurrent requests."""
+        if self._queue is None:
+            raise RuntimeError("micro-batcher not started")
+        fut: asyncio.Future[tuple[Any, np.ndarray]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((text, role, fut))
+        return await fut
+
+    async def run_many(
+        self, texts: Sequence[str], roles: Sequence[str | None], chunk: int = 256
+    ) -> tuple[Any, np.ndarray]:
+        """Probabilities for many prompts (the batch and plan endpoints), in chunks that share the inference slots
+        fairly with the micro-batches; one model for all chunks."""
+        assert self._slots is not None
+        loop = asyncio.get_running_loop()
+        model = self.get_model()
+        parts = []
+        for start in range(0, len(texts), chunk):
+            t, r = list(texts[start : start + chunk]), list(roles[start : start + chunk])
+            async with self._slots:
+                parts.append(await loop.run_in_executor(self._executor, self.predict, model, t, r))
+            if self.on_batch:
+                self.on_batch(len(t))
+        return model, np.vstack(parts)
+
+    # --- internals ---------------------------------------------------------------------------------------------
+    def _drain(self, batch: list[_Item]) -> None:
+        assert self._queue is not None
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
+
+    async def _collect(self) -> None:
+        assert self._queue is not None and self._slots is not None
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = [await self._queue.get()]
+                self._drain(batch)
+                if len(batch) < self.max_batch and self.window > 0:
+                    await asyncio.sleep(self.window)
+                    self._drain(batch)
+            except BaseException:
+                self._slots.release()
+                raise
+            batch = [b for b in batch if not b[2].done()]  # callers that went away
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[_Item]) -> None:
+        assert self._slots is not None
+        loop = asyncio.get_running_loop()
+        try:
+            texts = [b[0] for b in batch]
+            roles = [b[1] for b in batch]
+            try:
+                model, proba = await loop.run_in_executor(self._executor, self._predict, texts, roles)
+                if self.on_batch:
+                    self.on_batch(len(batch))
+                for i, (_, _, fut) in enumerate(batch):
+                    if not fut.done():
+                        fut.set_result((model, proba[i]))
+                return
+            except Exception as exc:  # noqa: BLE001 - isolate the failing prompt below
+                if len(batch) == 1:
+                    if not batch[0][2].done():
+                        batch[0][2].set_exception(exc)
+                    return
+                log.warning("micro-batch of %d failed (%s); retrying prompt by prompt", len(batch), type(exc).__name__)
+            for text, role, fut in batch:
+                try:
+                    model, proba = await loop.run_in_executor(self._executor, self._predict, [text], [role])
+                    if not fut.done():
+                        fut.set_result((model, proba[0]))
+                except Exception as exc:  # noqa: BLE001
+                    if not fut.done():
+                        fut.set_exception(exc)
+        finally:
+            self._slots.release()
+
+    def _predict(self, texts: list[str], roles: list[str | None]) -> tuple[Any, np.ndarray]:
+        model = self.get_model()
+        return model, self.predict(model, texts, roles)

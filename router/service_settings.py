@@ -1,0 +1,94 @@
+"""Configuration of the routing service (``tierwise serve``), read from ``TIERWISE_*`` environment variables.
+
+Every field is an environment variable with the ``TIERWISE_`` prefix (``model_uri`` -> ``TIERWISE_MODEL_URI``);
+``tierwise serve`` options override them. Paths default to places under ``TIERWISE_HOME`` (``~/.tierwise``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from router.settings import HomeSettings
+
+
+class ServiceSettings(HomeSettings):
+    """Settings of the HTTP routing service."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TIERWISE_", extra="ignore", populate_by_name=True, protected_namespaces=()
+    )
+
+    model_uri: str = Field(
+        "models:/tierwise@champion",
+        description="Router to serve: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a local directory.",
+    )
+    host: str = Field("127.0.0.1", description="Interface to listen on (tierwise serve).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (tierwise serve).")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes (each loads its own copy of the model).")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for POST /admin/reload; unset = admin endpoints disabled (403)."
+    )
+    poll_seconds: float = Field(
+        0.0, ge=0, description="Check the model alias every N seconds and reload when it moves (0 = never)."
+    )
+    decision_log: Path | None = Field(None, description="SQLite decision log (default: HOME/decisions.db).")
+    store_prompts: bool = Field(
+        False, description="Store prompt text in the decision log (needed to train on it); else a SHA-256 only."
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body (413 above).")
+    max_batch_items: int = Field(1000, ge=1, description="Most requests in one POST /v1/route/batch call.")
+    max_plan_steps: int = Field(200, ge=1, description="Most steps in one POST /v1/route/plan call.")
+    model_cache_dir: Path | None = Field(
+        None, description="Last good model copy, used when the registry is down (default: HOME/serving/last-good)."
+    )
+    batch_window_ms: float = Field(
+        1.0, ge=0, le=100, description="Micro-batching: how long the first request of a batch waits for company."
+    )
+    max_batch_size: int = Field(64, ge=1, le=4096, description="Micro-batching: most prompts in one encoder call.")
+    encoder_threads: int = Field(1, ge=1, description="Intra-op threads of the encoder and classifier per worker.")
+    inference_threads: int = Field(
+        1, ge=1, description="Micro-batches encoded concurrently per worker (threads running the model)."
+    )
+    feedback_wait_ms: float = Field(
+        1000.0, ge=0, description="How long feedback waits for its decision to reach the log (multi-worker lag)."
+    )
+    log_level: str = Field("info", description="uvicorn / tierwise log level.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.lower()
+        if v not in ("critical", "error", "warning", "info", "debug", "trace"):
+            raise ValueError("log_level must be one of critical, error, warning, info, debug, trace")
+        return v
+
+    @property
+    def decision_log_path(self) -> Path:
+        return (self.decision_log or self.home / "decisions.db").expanduser()
+
+    @property
+    def model_cache_path(self) -> Path:
+        return (self.model_cache_dir or self.home / "serving" / "last-good").expanduser()
+
+    @property
+    def admin_token_value(self) -> str | None:
+        if self.admin_token is None:
+            return None
+        value = self.admin_token.get_secret_value()
+        return value or None
+
+
+# Rows of the README's settings table: (env var, default, meaning).
+def settings_table() -> list[tuple[str, str, str]]:
+    rows = [("TIERWISE_HOME", "~/.tierwise", "State directory (MLflow store, caches, decision log, last-good copy).")]
+    rows.append(("TIERWISE_TRACKING_URI", "MLFLOW_TRACKING_URI or HOME/mlflow.db", "MLflow tracking URI."))
+    for name, field in ServiceSettings.model_fields.items():
+        if name in ("home", "tracking_uri", "cache_dir_override"):
+            continue
+        default = field.default
+        shown = "unset" if default is None else str(default)
+        rows.append((f"TIERWISE_{name.upper()}", shown, field.description or ""))
+    return rows

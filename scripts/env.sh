@@ -1,0 +1,6 @@
+# Sourced by the scripts: offline-safe defaults for the ML stack (override by exporting before you run).
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+export TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1}
+export MLFLOW_DISABLE_TELEMETRY=${MLFLOW_DISABLE_TELEMETRY:-true}
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=${MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR:-false}
+export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}

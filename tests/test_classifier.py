@@ -1,0 +1,82 @@
+"""TierClassifier: real LightGBM on data with a known structure; calibration; persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router.classifier import Calibrator, TierClassifier
+
+
+def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 6)).astype(np.float32)
+    difficulty = X[:, 0]
+    skill = np.array([-1.0, 0.0, 1.0])
+    p = 1 / (1 + np.exp(-3 * (skill[None, :] - difficulty[:, None])))
+    Y = (rng.random((n, 3)) < p).astype(float)
+    return X, Y
+
+
+@pytest.mark.parametrize("layout", ["stacked", "per_tier"])
+def test_learns_difficulty_and_tier_order(layout: str) -> None:
+    X, Y = _data(3000, 0)
+    clf = TierClassifier(3, layout=layout, n_estimators=80).fit(X, Y)
+    Xt, Yt = _data(1000, 1)
+    proba = clf.predict_proba(Xt)
+    assert proba.shape == (1000, 3)
+    assert ((proba >= 0) & (proba <= 1)).all()
+    # higher tiers are predicted more capable on average, and easy prompts score higher than hard ones
+    assert proba[:, 0].mean() < proba[:, 1].mean() < proba[:, 2].mean()
+    easy, hard = Xt[:, 0] < -1, Xt[:, 0] > 1
+    assert proba[easy, 0].mean() > proba[hard, 0].mean() + 0.3
+    # better than the base rate in log loss
+    eps = 1e-6
+    ll = -np.mean(Yt * np.log(proba + eps) + (1 - Yt) * np.log(1 - proba + eps))
+    base = Y.mean(axis=0)
+    ll0 = -np.mean(Yt * np.log(base + eps) + (1 - Yt) * np.log(1 - base + eps))
+    assert ll < ll0 - 0.1
+
+
+def test_missing_outcomes_are_ignored() -> None:
+    X, Y = _data(1500, 2)
+    Y[::2, 0] = np.nan
+    clf = TierClassifier(3, n_estimators=30).fit(X, Y)
+    assert clf.priors_[0] == pytest.approx(np.nanmean(Y[:, 0]))
+
+
+def test_constant_tier_uses_prior() -> None:
+    X, Y = _data(500, 3)
+    Y[:, 2] = 1.0
+    clf = TierClassifier(3, layout="per_tier", n_estimators=20).fit(X, Y)
+    assert clf.boosters_[2] is None
+    assert np.allclose(clf.predict_raw(X[:5])[:, 2], 1.0)
+
+
+def test_calibration_and_save_load_roundtrip(tmp_path) -> None:
+    X, Y = _data(2000, 4)
+    Xc, Yc = _data(800, 5)
+    clf = TierClassifier(3, n_estimators=50, calibration="isotonic").fit(X, Y).calibrate(Xc, Yc)
+    assert all(c.kind == "isotonic" for c in clf.calibrators_)
+    clf.save(tmp_path / "clf")
+    again = TierClassifier.load(tmp_path / "clf")
+    assert np.allclose(clf.predict_proba(Xc), again.predict_proba(Xc))
+    assert np.allclose(clf.predict_proba(Xc[:1], num_threads=1), clf.predict_proba(Xc[:1]))
+
+
+def test_sigmoid_calibrator_fixes_overconfidence() -> None:
+    rng = np.random.default_rng(0)
+    true_p = rng.uniform(0.2, 0.8, 5000)
+    y = (rng.random(5000) < true_p).astype(float)
+    raw = 1 / (1 + np.exp(-3 * np.log(true_p / (1 - true_p))))  # overconfident
+    cal = Calibrator.fit("sigmoid", raw, y)
+    assert np.abs(cal(raw) - true_p).mean() < np.abs(raw - true_p).mean() / 2
+
+
+def test_wrong_shapes_raise() -> None:
+    X, Y = _data(100, 6)
+    with pytest.raises(ValueError, match="shape"):
+        TierClassifier(4).fit(X, Y)
+    clf = TierClassifier(3, n_estimators=5).fit(X, Y)
+    with pytest.raises(ValueError, match="features"):
+        clf.predict_proba(X[:, :3])

@@ -1,0 +1,73 @@
+"""The pure decision rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router.decision import Reason, decide, decide_batch, escalation_path
+
+
+def test_cheapest_tier_meeting_threshold() -> None:
+    c = decide(np.array([0.2, 0.7, 0.9, 0.95]), 0.6)
+    assert (c.tier, c.reason) == (1, Reason.CHEAPEST_MEETING_THRESHOLD)
+
+
+def test_threshold_is_inclusive() -> None:
+    assert decide(np.array([0.5, 0.9]), 0.5).tier == 0
+
+
+def test_no_tier_meets_threshold_picks_highest_probability_cheapest_among_equals() -> None:
+    c = decide(np.array([0.3, 0.6, 0.6, 0.5]), 0.9)
+    assert (c.tier, c.reason) == (1, Reason.NO_TIER_MEETS_THRESHOLD)
+
+
+def test_non_monotone_probabilities_still_pick_cheapest_qualifying() -> None:
+    # a mid tier that is worse than a cheaper one is skipped only if it does not qualify
+    assert decide(np.array([0.1, 0.8, 0.4, 0.9]), 0.75).tier == 1
+
+
+def test_planner_floor_and_reason() -> None:
+    c = decide(np.array([0.99, 0.99, 0.99]), 0.5, floor=2)
+    assert (c.tier, c.reason) == (2, Reason.PLANNER_FLOOR)
+
+
+def test_min_and_max_tier_clamp() -> None:
+    assert decide(np.array([0.9, 0.9, 0.9]), 0.5, min_tier=1).reason == Reason.RAISED_BY_MIN_TIER
+    c = decide(np.array([0.1, 0.2, 0.9]), 0.5, max_tier=1)
+    assert (c.tier, c.reason) == (1, Reason.CLAMPED_BY_MAX_TIER)
+
+
+def test_max_tier_wins_over_planner_floor() -> None:
+    c = decide(np.array([0.9, 0.9, 0.9]), 0.5, floor=2, max_tier=1)
+    assert (c.tier, c.reason) == (1, Reason.CLAMPED_BY_MAX_TIER)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"min_tier": 2, "max_tier": 1}, "above max_tier"), ({"max_tier": 5}, "out of range")],
+)
+def test_invalid_clamps(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        decide(np.array([0.5, 0.5, 0.5]), 0.5, **kwargs)
+
+
+@pytest.mark.parametrize("thr", [-0.1, 1.1])
+def test_threshold_out_of_range(thr: float) -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        decide(np.array([0.5]), thr)
+
+
+def test_batch_matches_scalar_rule() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.random((500, 5))
+    for thr in (0.0, 0.3, 0.7, 1.0):
+        batch = decide_batch(p, thr)
+        scalar = [decide(row, thr).tier for row in p]
+        assert batch.tolist() == scalar
+
+
+def test_escalation_path() -> None:
+    assert escalation_path(1, 4) == [2, 3]
+    assert escalation_path(3, 4) == []
+    assert escalation_path(0, 4, max_tier=2) == [1, 2]

