@@ -69,13 +69,39 @@ CREATE INDEX IF NOT EXISTS feedback_request_id ON feedback (request_id);
 CREATE TABLE IF NOT EXISTS tierwise_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 DECISION_COLUMNS = (
-    "request_id", "created_at", "endpoint", "role", "tier", "tier_index", "model", "threshold", "reason",
-    "p_acceptable", "prompt_hash", "prompt", "prompt_chars", "router_version", "est_cost_usd", "est_top_cost_usd",
-    "latency_ms", "task", "tenant", "metadata",
+    "request_id",
+    "created_at",
+    "endpoint",
+    "role",
+    "tier",
+    "tier_index",
+    "model",
+    "threshold",
+    "reason",
+    "p_acceptable",
+    "prompt_hash",
+    "prompt",
+    "prompt_chars",
+    "router_version",
+    "est_cost_usd",
+    "est_top_cost_usd",
+    "latency_ms",
+    "task",
+    "tenant",
+    "metadata",
 )
 FEEDBACK_COLUMNS = (
-    "request_id", "created_at", "tier", "model", "score", "acceptable", "input_tokens", "output_tokens", "cost_usd",
-    "latency_ms", "metadata",
+    "request_id",
+    "created_at",
+    "tier",
+    "model",
+    "score",
+    "acceptable",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "latency_ms",
+    "metadata",
 )
 _INSERT_DECISION = (
     f"INSERT OR REPLACE INTO decisions ({', '.join(DECISION_COLUMNS)}) "
@@ -95,10 +121,13 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # ensure_ascii: safe for any input
+
+
 def _json(value: Any) -> str | None:
     if value is None:
         return None
-    return json.dumps(value, separators=(",", ":"), default=str)  # ensure_ascii: safe for any input
+    return _ENCODER.encode(value)
 
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -134,12 +163,14 @@ class DecisionLog:
         *,
         store_prompts: bool = False,
         max_queue: int = 100_000,
-        batch_rows: int = 512,
+        batch_rows: int = 1024,
+        flush_seconds: float = 0.02,
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.store_prompts = store_prompts
         self.batch_rows = batch_rows
+        self.flush_seconds = flush_seconds
         self.on_drop = on_drop
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
@@ -192,10 +223,26 @@ class DecisionLog:
     ) -> None:
         meta = metadata or {}
         row = (
-            request_id, utc_now(), endpoint, role, tier, tier_index, model, float(threshold), reason,
-            _json(probabilities), prompt_hash(text), text if self.store_prompts else None, len(text), router_version,
-            est_cost_usd, est_top_cost_usd, latency_ms, _str_or_none(meta.get("task")),
-            _str_or_none(meta.get("tenant")), _json(meta) if meta else None,
+            request_id,
+            utc_now(),
+            endpoint,
+            role,
+            tier,
+            tier_index,
+            model,
+            float(threshold),
+            reason,
+            _json(probabilities),
+            prompt_hash(text),
+            text if self.store_prompts else None,
+            len(text),
+            router_version,
+            est_cost_usd,
+            est_top_cost_usd,
+            latency_ms,
+            _str_or_none(meta.get("task")),
+            _str_or_none(meta.get("tenant")),
+            _json(meta) if meta else None,
         )
         self._put(("d", row))
 
@@ -214,8 +261,17 @@ class DecisionLog:
         metadata: dict[str, Any] | None = None,
     ) -> None:
         row = (
-            request_id, utc_now(), tier, model, float(score), None if acceptable is None else int(acceptable),
-            input_tokens, output_tokens, cost_usd, latency_ms, _json(metadata),
+            request_id,
+            utc_now(),
+            tier,
+            model,
+            float(score),
+            None if acceptable is None else int(acceptable),
+            input_tokens,
+            output_tokens,
+            cost_usd,
+            latency_ms,
+            _json(metadata),
         )
         self._put(("f", row))
 
@@ -233,6 +289,8 @@ class DecisionLog:
             while True:
                 item = self._queue.get()
                 items = [item]
+                if item is not None and not isinstance(item, _Flush) and self._queue.qsize() < self.batch_rows:
+                    time.sleep(self.flush_seconds)  # let rows accumulate: one transaction per interval
                 while len(items) < self.batch_rows:
                     try:
                         items.append(self._queue.get_nowait())
@@ -320,8 +378,22 @@ class ExportSummary:
 
 
 EXPORT_COLUMNS = (
-    "prompt_id", "prompt", "model", "score", "cost_usd", "input_tokens", "output_tokens", "latency_ms", "task",
-    "role", "timestamp", "request_id", "tier", "routed_tier", "tenant", "router_version",
+    "prompt_id",
+    "prompt",
+    "model",
+    "score",
+    "cost_usd",
+    "input_tokens",
+    "output_tokens",
+    "latency_ms",
+    "task",
+    "role",
+    "timestamp",
+    "request_id",
+    "tier",
+    "routed_tier",
+    "tenant",
+    "router_version",
 )
 
 

@@ -216,14 +216,67 @@ class TokenWindow:
 
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Model input ids per text: prefix specials + windowed content ids + suffix specials."""
+        texts = list(texts)
         for t in texts:
             if not isinstance(t, str):
                 raise TypeError(f"encoder inputs must be str, got {type(t).__name__}")
-        encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        return [
-            self.prefix + window_token_ids(e.ids, self.max_tokens, self.head_tokens, self.n_special) + self.suffix
-            for e in encs
-        ]
+        content: list[list[int] | None] = [self._clipped_content_ids(t) for t in texts]
+        todo = [i for i, c in enumerate(content) if c is None]
+        if todo:
+            for i, ids in zip(todo, self._full_content_ids([texts[i] for i in todo]), strict=True):
+                content[i] = ids
+        return [self.prefix + c + self.suffix for c in content if c is not None]
+
+    def _full_content_ids(self, texts: list[str]) -> list[list[int]]:
+        """Reference path: tokenise whole texts, then window."""
+        encs = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        return [window_token_ids(e.ids, self.max_tokens, self.head_tokens, self.n_special) for e in encs]
+
+    def _clipped_content_ids(self, text: str) -> list[int] | None:
+        """Windowed ids of a very long text from tokenising only its two ends (None: use the full path).
+
+        Tokenising a 1 MB prompt takes about half a second, so a long text is cut at whitespace into a head part
+        and a tail part, each holding at least ``_CLIP_MARGIN_TOKENS`` more tokens than kept. Tokenisation is
+        local to whitespace-separated words, so the kept tokens equal those of the full tokenisation; when a part
+        has no whitespace near its cut or too few tokens, the full path is used instead.
+        """
+        budget = self.max_tokens - self.n_special
+        head = min(self.head_tokens, budget)
+        tail = budget - head
+        head_chars = _CLIP_CHARS_PER_TOKEN * (head + _CLIP_MARGIN_TOKENS)
+        tail_chars = _CLIP_CHARS_PER_TOKEN * (tail + _CLIP_MARGIN_TOKENS)
+        if len(text) <= 2 * (head_chars + tail_chars):
+            return None
+        head_end = _whitespace_before(text, head_chars)
+        tail_start = _whitespace_after(text, len(text) - tail_chars)
+        if head_end is None or tail_start is None:
+            return None
+        head_ids = self.tokenizer.encode(text[:head_end], add_special_tokens=False).ids
+        tail_ids = self.tokenizer.encode(text[tail_start:], add_special_tokens=False).ids
+        if len(head_ids) < head + _CLIP_MARGIN_TOKENS or len(tail_ids) < tail + _CLIP_MARGIN_TOKENS:
+            return None
+        return head_ids[:head] + (tail_ids[len(tail_ids) - tail :] if tail > 0 else [])
+
+
+_CLIP_CHARS_PER_TOKEN = 8
+_CLIP_MARGIN_TOKENS = 16
+_CLIP_SEARCH_CHARS = 256
+
+
+def _whitespace_before(text: str, pos: int) -> int | None:
+    """Index of the last whitespace character at or before ``pos`` (searching back a little), else None."""
+    for i in range(min(pos, len(text) - 1), max(-1, pos - _CLIP_SEARCH_CHARS), -1):
+        if text[i].isspace():
+            return i
+    return None
+
+
+def _whitespace_after(text: str, pos: int) -> int | None:
+    """Index of the first whitespace character at or after ``pos`` (searching forward a little), else None."""
+    for i in range(max(0, pos), min(len(text), pos + _CLIP_SEARCH_CHARS)):
+        if text[i].isspace():
+            return i
+    return None
 
 
 def special_affixes(tokenizer: tokenizers.Tokenizer) -> tuple[list[int], list[int]]:
@@ -289,6 +342,14 @@ def resolve_source(source: str) -> str:
     """The name or path to hand to SentenceTransformer: MiniLM aliases map to the bundled package folder."""
     if source.strip().lower() in MINILM_ALIASES:
         return str(minilm_path())
+    return source
+
+
+def normalise_source(source: str) -> str:
+    """The source to record in a spec: aliases and hub names as given, an existing relative path made absolute."""
+    source = source.strip()
+    if source.lower() not in MINILM_ALIASES and Path(source).expanduser().is_dir():
+        return str(Path(source).expanduser().resolve())
     return source
 
 
@@ -434,6 +495,7 @@ class SentenceTransformerEncoder:
         import torch
         from sentence_transformers import SentenceTransformer
 
+        source = normalise_source(source)
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
         resolved = resolve_source(source)
@@ -590,10 +652,11 @@ class OnnxEncoder:
                 raise _mismatch(spec, f"{directory / ONNX_FILE}", f"artifact {found}")
         return cls(directory, spec, threads=threads)
 
-    def with_window(self, max_tokens: int, head_tokens: int) -> OnnxEncoder:
-        """The same weights with another token window (a new spec; the ONNX file is shared)."""
-        spec = self.spec.model_copy(update={"max_tokens": max_tokens, "head_tokens": head_tokens})
-        EncoderSpec.model_validate(spec.model_dump())  # re-run validation
+    def with_spec(self, **updates: Any) -> OnnxEncoder:
+        """The same weights under an updated spec (e.g. another token window or source label); shares the files."""
+        spec = EncoderSpec.model_validate({**self.spec.model_dump(), **updates})
+        if (spec.kind, spec.fingerprint, spec.artifact) != (self.spec.kind, self.spec.fingerprint, self.spec.artifact):
+            raise ValueError("with_spec cannot change the encoder's kind or weights")
         return OnnxEncoder(self.directory, spec, threads=self.threads)
 
     def _run(self, seqs: Sequence[Sequence[int]], session: onnxruntime.InferenceSession | None = None) -> np.ndarray:
@@ -820,6 +883,7 @@ def export_onnx(source: str, kind: str = "onnx-int8", cache_dir: Path | None = N
     """
     if kind not in ONNX_KINDS:
         raise ValueError(f"kind must be one of {ONNX_KINDS}, got {kind!r}")
+    source = normalise_source(source)
     root = onnx_cache_dir(cache_dir)
     fp = fingerprint_dir(local_model_dir(source))
     final = root / f"{fp}-{kind}-e{EXPORT_VERSION}"
@@ -897,8 +961,9 @@ def build_encoder(
         return SentenceTransformerEncoder(source, max_tokens=max_tokens, head_tokens=head_tokens, threads=threads)
     directory = export_onnx(source, kind, cache_dir)
     enc = OnnxEncoder.load(directory, threads=threads)
-    if (max_tokens, head_tokens) != (enc.spec.max_tokens, enc.spec.head_tokens):
-        enc = enc.with_window(max_tokens, head_tokens)
+    wanted = {"source": normalise_source(source), "max_tokens": max_tokens, "head_tokens": head_tokens}
+    if any(getattr(enc.spec, k) != v for k, v in wanted.items()):  # the cache entry is shared by equal weights
+        enc = enc.with_spec(**wanted)
     return enc
 
 

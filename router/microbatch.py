@@ -1,10 +1,11 @@
 """Micro-batching: concurrent requests share one encoder + classifier call.
 
 Each ``/v1/route`` request puts its text on a queue and awaits a future. A collector task waits until an inference
-slot is free, takes every request already waiting (up to ``max_batch``), lets the batch fill for ``window_ms`` more
-when it is not full, and runs ``router.predict_proba_array`` once for the whole batch in a worker thread. While that
-call runs, new requests queue up and form the next batch, so under load the batch size grows with the arrival rate
-instead of requests queueing one by one; an idle server adds at most ``window_ms`` to a request.
+slot is free, takes the requests already waiting (up to ``max_batch``, shared fairly with the other idle slots),
+lets the batch fill for ``window_ms`` more when it is not full and the server is busy, and runs
+``router.predict_proba_array`` once for the whole batch in a worker thread. While that call runs, new requests queue
+up and form the next batch, so under load the batch size grows with the arrival rate instead of requests queueing one
+by one. A lone request on an idle server is dispatched at once (no window).
 
 The model is read once per batch (``get_model()``), so a batch never mixes two models during a reload; each
 caller gets the model together with its probability row and makes its decision with that same model.
@@ -49,6 +50,7 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="tierwise-infer")
         self._running: set[asyncio.Task[None]] = set()
+        self._idle = self.threads  # inference slots not running a batch
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -91,16 +93,21 @@ class MicroBatcher:
         parts = []
         for start in range(0, len(texts), chunk):
             t, r = list(texts[start : start + chunk]), list(roles[start : start + chunk])
-            async with self._slots:
+            await self._slots.acquire()
+            self._idle -= 1
+            try:
                 parts.append(await loop.run_in_executor(self._executor, self.predict, model, t, r))
+            finally:
+                self._release()
             if self.on_batch:
                 self.on_batch(len(t))
         return model, np.vstack(parts)
 
     # --- internals ---------------------------------------------------------------------------------------------
-    def _drain(self, batch: list[_Item]) -> None:
+    def _drain(self, batch: list[_Item], limit: int | None = None) -> None:
         assert self._queue is not None
-        while len(batch) < self.max_batch:
+        limit = self.max_batch if limit is None else min(limit, self.max_batch)
+        while len(batch) < limit:
             try:
                 batch.append(self._queue.get_nowait())
             except asyncio.QueueEmpty:
@@ -109,23 +116,41 @@ class MicroBatcher:
     async def _collect(self) -> None:
         assert self._queue is not None and self._slots is not None
         while True:
-            await self._slots.acquire()
+            first = await self._queue.get()
+            batch = [first]
             try:
-                batch = [await self._queue.get()]
-                self._drain(batch)
-                if len(batch) < self.max_batch and self.window > 0:
-                    await asyncio.sleep(self.window)
-                    self._drain(batch)
+                await self._slots.acquire()  # requests arriving meanwhile join this batch
             except BaseException:
-                self._slots.release()
+                self._fail(batch, RuntimeError("service is shutting down"))
+                raise
+            self._idle -= 1
+            try:
+                # share what is waiting between this slot and the other idle ones, so they work in parallel
+                limit = -(-(1 + self._queue.qsize()) // (1 + self._idle))
+                self._drain(batch, limit)
+                # wait for company only under load (another batch running or several already waiting): an idle
+                # server answers a lone request at once
+                busy = self._idle < self.threads - 1 or len(batch) > 1
+                if busy and len(batch) < self.max_batch and self.window > 0:
+                    await asyncio.sleep(self.window)
+                    self._drain(batch, max(limit, -(-(len(batch) + self._queue.qsize()) // (1 + self._idle))))
+            except BaseException:
+                self._release()
+                self._fail(batch, RuntimeError("service is shutting down"))
                 raise
             batch = [b for b in batch if not b[2].done()]  # callers that went away
             if not batch:
-                self._slots.release()
+                self._release()
                 continue
             task = asyncio.create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    @staticmethod
+    def _fail(batch: list[_Item], exc: BaseException) -> None:
+        for _, _, fut in batch:
+            if not fut.done():
+                fut.set_exception(exc)
 
     async def _run(self, batch: list[_Item]) -> None:
         assert self._slots is not None
@@ -156,7 +181,12 @@ class MicroBatcher:
                     if not fut.done():
                         fut.set_exception(exc)
         finally:
-            self._slots.release()
+            self._release()
+
+    def _release(self) -> None:
+        assert self._slots is not None
+        self._idle += 1
+        self._slots.release()
 
     def _predict(self, texts: list[str], roles: list[str | None]) -> tuple[Any, np.ndarray]:
         model = self.get_model()

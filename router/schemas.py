@@ -62,6 +62,9 @@ class ErrorBody(BaseModel):
     type: str = Field(description="Machine-readable error kind, e.g. `validation_error`, `payload_too_large`.")
     message: str = Field(description="What is wrong, in one sentence.")
     field: str | None = Field(None, description="The request field at fault (dotted path), or `body`.")
+    details: list[dict[str, str]] | None = Field(
+        None, description="Validation errors only: every problem found, as {field, message}."
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -153,7 +156,9 @@ class RoutingOptions(BaseModel):
     @model_validator(mode="after")
     def _one_knob(self) -> RoutingOptions:
         if self.threshold is not None and self.quality_target is not None:
-            raise field_error(type(self).__name__, "quality_target", "give either threshold or quality_target, not both")
+            raise field_error(
+                type(self).__name__, "quality_target", "give either threshold or quality_target, not both"
+            )
         return self
 
 
@@ -225,7 +230,9 @@ class BatchRouteRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"requests": [{"prompt": "hi"}, {"prompt": "Prove Fermat's little theorem.", "role": "single"}]}]
+            "examples": [
+                {"requests": [{"prompt": "hi"}, {"prompt": "Prove Fermat's little theorem.", "role": "single"}]}
+            ]
         },
     )
 
@@ -298,8 +305,14 @@ class FeedbackRequest(BaseModel):
         json_schema_extra={
             "examples": [
                 {"request_id": "3f2a9c0e5b7d4e1f8a6b2c4d9e0f1a2b", "tier": "small", "acceptable": True},
-                {"request_id": "3f2a9c0e5b7d4e1f8a6b2c4d9e0f1a2b", "model": "gpt-4o-mini", "score": 0.8,
-                 "input_tokens": 812, "output_tokens": 240, "cost_usd": 0.00027},
+                {
+                    "request_id": "3f2a9c0e5b7d4e1f8a6b2c4d9e0f1a2b",
+                    "model": "gpt-4o-mini",
+                    "score": 0.8,
+                    "input_tokens": 812,
+                    "output_tokens": 240,
+                    "cost_usd": 0.00027,
+                },
             ]
         },
     )

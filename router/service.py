@@ -23,10 +23,10 @@ import hmac
 import json
 import logging
 import os
+import random
 import shutil
 import tempfile
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,8 +73,15 @@ SOURCE_FILE = "source.json"
 STATE_DIR_ENV = "TIERWISE_SERVE_STATE_DIR"  # set by `tierwise serve --workers N`: start-up errors land there
 KNOWN_PATHS = frozenset(
     {
-        "/v1/route", "/v1/route/batch", "/v1/route/plan", "/v1/feedback", "/v1/tiers", "/healthz", "/readyz",
-        "/metrics", "/admin/reload",
+        "/v1/route",
+        "/v1/route/batch",
+        "/v1/route/plan",
+        "/v1/feedback",
+        "/v1/tiers",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/admin/reload",
     }
 )
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -100,9 +107,11 @@ class ApiError(Exception):
         self.field = field
 
 
-def one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException, limit: int = 240) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
+    if len(first) > limit:
+        first = first[: limit - 3] + "..."
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
@@ -111,8 +120,18 @@ def _header(value: object) -> str:
     return s if s.isascii() else quote(s, safe=" /@:,.-_")
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # ensure_ascii: any input is safe to send
+_RNG = random.SystemRandom().getrandbits(64)  # per-process seed for the id generator below
+_IDS = random.Random(_RNG ^ os.getpid() ^ time.time_ns())
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("ascii")
+    return _ENCODE(obj).encode("ascii")
+
+
+def new_request_id() -> str:
+    """128 random bits as 32 hex digits (a seeded PRNG: uuid4's syscall per request is measurable under load)."""
+    return f"{_IDS.getrandbits(128):032x}"
 
 
 def error_body(status: int, type_: str, message: str, field: str | None, details: list[Any] | None = None) -> bytes:
@@ -371,12 +390,18 @@ class BodyGuard:
             try:
                 n = int(length)
             except ValueError:
-                await self._reject(scope, send, 400, "invalid_header", "Content-Length is not a number", "content-length")
+                await self._reject(
+                    scope, send, 400, "invalid_header", "Content-Length is not a number", "content-length"
+                )
                 return
             if n > self.max_bytes:
                 await self._reject(
-                    scope, send, 413, "payload_too_large",
-                    f"request body of {n} bytes is larger than the limit of {self.max_bytes} bytes", "body",
+                    scope,
+                    send,
+                    413,
+                    "payload_too_large",
+                    f"request body of {n} bytes is larger than the limit of {self.max_bytes} bytes",
+                    "body",
                 )
                 return
         has_body = (n or 0) > 0 or (n is None and bool(chunked))
@@ -385,8 +410,12 @@ class BodyGuard:
             if not (mime == b"application/json" or mime.endswith(b"+json")):
                 shown = ctype.decode("latin-1") if ctype else "none"
                 await self._reject(
-                    scope, send, 415, "unsupported_media_type",
-                    f"send the body as JSON with Content-Type: application/json (got {shown})", "content-type",
+                    scope,
+                    send,
+                    415,
+                    "unsupported_media_type",
+                    f"send the body as JSON with Content-Type: application/json (got {shown})",
+                    "content-type",
                 )
                 return
         if n is None and has_body:
@@ -401,8 +430,12 @@ class BodyGuard:
                 size += len(chunk)
                 if size > self.max_bytes:
                     await self._reject(
-                        scope, send, 413, "payload_too_large",
-                        f"request body is larger than the limit of {self.max_bytes} bytes", "body",
+                        scope,
+                        send,
+                        413,
+                        "payload_too_large",
+                        f"request body is larger than the limit of {self.max_bytes} bytes",
+                        "body",
                     )
                     return
                 chunks.append(chunk)
@@ -451,7 +484,7 @@ class Service:
             _predict,
             window_ms=settings.batch_window_ms,
             max_batch=settings.max_batch_size,
-            threads=settings.inference_threads,
+            threads=settings.inference_threads_value,
             on_batch=self.metrics.batch_size.observe,
         )
         self._reload_lock: asyncio.Lock | None = None
@@ -478,7 +511,8 @@ class Service:
                     with contextlib.suppress(Exception):
                         await self.shutdown()
                     await send({"type": "lifespan.startup.failed", "message": msg})
-                    return
+                    # like Starlette: raise after reporting (uvicorn then exits quietly; TestClient raises)
+                    raise StartupError(text) from None
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 with contextlib.suppress(Exception):
@@ -503,8 +537,12 @@ class Service:
             self._poll_task = asyncio.create_task(self._poll(), name="tierwise-poll")
         log.info(
             "serving %s (%s%s), encoder %s, decision log %s (prompts %s)",
-            self.model.label, self.model.source, ", DEGRADED" if self.model.degraded else "", self.model.encoder,
-            s.decision_log_path, "stored" if s.store_prompts else "hashed",
+            self.model.label,
+            self.model.source,
+            ", DEGRADED" if self.model.degraded else "",
+            self.model.encoder,
+            s.decision_log_path,
+            "stored" if s.store_prompts else "hashed",
         )
 
     async def shutdown(self) -> None:
@@ -575,18 +613,22 @@ class Service:
         if opts.quality_target is not None:
             if not m.threshold_table:
                 raise ApiError(
-                    422, "unsupported",
+                    422,
+                    "unsupported",
                     f"this model ({m.label}) has no threshold table, so quality_target is not supported; give "
-                    "threshold instead", prefix + "quality_target",
+                    "threshold instead",
+                    prefix + "quality_target",
                 )
             for qt, thr in m.threshold_table:
                 if qt >= opts.quality_target - 1e-9:
                     return thr
             top = m.threshold_table[-1][0]
             raise ApiError(
-                422, "validation_error",
+                422,
+                "validation_error",
                 f"quality_target {opts.quality_target} is above the highest target this model was calibrated for "
-                f"({top})", prefix + "quality_target",
+                f"({top})",
+                prefix + "quality_target",
             )
         return float(m.router.threshold)
 
@@ -603,13 +645,17 @@ class Service:
                 out.append(cat.index(value))
             except KeyError:
                 raise ApiError(
-                    422, "validation_error",
-                    f"unknown tier {value!r}; tiers are {', '.join(cat.tier_names)}", prefix + name,
+                    422,
+                    "validation_error",
+                    f"unknown tier {value!r}; tiers are {', '.join(cat.tier_names)}",
+                    prefix + name,
                 ) from None
         lo, hi = out
         if lo is not None and hi is not None and lo > hi:
             raise ApiError(
-                422, "validation_error", f"min_tier {opts.min_tier!r} is above max_tier {opts.max_tier!r}",
+                422,
+                "validation_error",
+                f"min_tier {opts.min_tier!r} is above max_tier {opts.max_tier!r}",
                 prefix + "min_tier",
             )
         return lo, hi
@@ -672,7 +718,7 @@ class Service:
                 "estimated_cost_usd": discounted[2],
             }
             spend, baseline = discounted[2], discounted[3]
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         latency_ms = round((time.perf_counter() - t0) * 1000, 3)
         payload = {
             "request_id": request_id,
@@ -769,15 +815,16 @@ class Service:
         self._bounds(current, req)
         text = req.routing_text()
         m, proba = await self.batcher.submit(text, req.role)
-        payload, _ = self._route_payload(m, req, proba, text, "route", t0)
-        self.metrics.latency.labels(endpoint="route").observe(time.perf_counter() - t0)
+        payload, _ = self._route_payload(m, req, proba, text, "/v1/route", t0)
+        self.metrics.latency.labels(endpoint="/v1/route").observe(time.perf_counter() - t0)
         return Response(_dumps(payload), media_type="application/json", headers=self._headers(m, payload))
 
     async def route_batch(self, body: BatchRouteRequest) -> Response:
         t0 = time.perf_counter()
         if len(body.requests) > self.settings.max_batch_items:
             raise ApiError(
-                422, "validation_error",
+                422,
+                "validation_error",
                 f"{len(body.requests)} requests is more than the limit of {self.settings.max_batch_items} per call",
                 "requests",
             )
@@ -788,23 +835,27 @@ class Service:
         texts = [r.routing_text() for r in body.requests]
         m, proba = await self.batcher.run_many(texts, [r.role for r in body.requests])
         results = [
-            self._route_payload(m, r, proba[i], texts[i], "route_batch", t0, f"requests.{i}.")[0]
+            self._route_payload(m, r, proba[i], texts[i], "/v1/route/batch", t0, f"requests.{i}.")[0]
             for i, r in enumerate(body.requests)
         ]
         latency = round((time.perf_counter() - t0) * 1000, 3)
         for r in results:
             r["latency_ms"] = latency
-        self.metrics.latency.labels(endpoint="route_batch").observe(time.perf_counter() - t0)
+        self.metrics.latency.labels(endpoint="/v1/route/batch").observe(time.perf_counter() - t0)
         out = {"results": results, "router_version": m.label, "latency_ms": latency}
-        return Response(_dumps(out), media_type="application/json", headers={"x-tierwise-router-version": m.label_header})
+        return Response(
+            _dumps(out), media_type="application/json", headers={"x-tierwise-router-version": m.label_header}
+        )
 
     async def route_plan(self, body: PlanRequest) -> Response:
         t0 = time.perf_counter()
         steps = body.plan_steps()
         if len(steps) > self.settings.max_plan_steps:
             raise ApiError(
-                422, "validation_error",
-                f"{len(steps)} steps is more than the limit of {self.settings.max_plan_steps} per plan", "steps",
+                422,
+                "validation_error",
+                f"{len(steps)} steps is more than the limit of {self.settings.max_plan_steps} per plan",
+                "steps",
             )
         current = self._get_model()
         self._threshold(current, body)
@@ -816,7 +867,7 @@ class Service:
         lo, hi = self._bounds(m, body)
         cat = m.router.catalog
         floor = cat.plan_floor
-        plan_id = uuid.uuid4().hex
+        plan_id = new_request_id()
         batch_mode = body.latency_tolerance == "batch"
         decisions: list[dict[str, Any]] = []
         total = top_total = 0.0
@@ -845,7 +896,7 @@ class Service:
                 "escalation": d.escalation,
                 "estimated_cost_usd": usd,
             }
-            self._account(m, "route_plan", p, text, body.metadata, usd, top_usd)
+            self._account(m, "/v1/route/plan", p, text, body.metadata, usd, top_usd)
             p.pop("tier_index")
             p.pop("threshold")
             decisions.append(p)
@@ -863,8 +914,10 @@ class Service:
             "router_version": m.label,
             "latency_ms": latency,
         }
-        self.metrics.latency.labels(endpoint="route_plan").observe(time.perf_counter() - t0)
-        return Response(_dumps(out), media_type="application/json", headers={"x-tierwise-router-version": m.label_header})
+        self.metrics.latency.labels(endpoint="/v1/route/plan").observe(time.perf_counter() - t0)
+        return Response(
+            _dumps(out), media_type="application/json", headers={"x-tierwise-router-version": m.label_header}
+        )
 
     async def feedback(self, body: FeedbackRequest) -> dict[str, Any]:
         m = self._get_model()
@@ -875,7 +928,9 @@ class Service:
                 idx = cat.tier_names.index(body.tier)
             except ValueError:
                 raise ApiError(
-                    422, "validation_error", f"unknown tier {body.tier!r}; tiers are {', '.join(cat.tier_names)}",
+                    422,
+                    "validation_error",
+                    f"unknown tier {body.tier!r}; tiers are {', '.join(cat.tier_names)}",
                     "tier",
                 ) from None
         if body.model is not None:
@@ -883,12 +938,15 @@ class Service:
                 midx = cat.index(body.model)
             except KeyError:
                 raise ApiError(
-                    422, "validation_error",
-                    f"unknown model {body.model!r}; models are {', '.join(cat.models)}", "model",
+                    422,
+                    "validation_error",
+                    f"unknown model {body.model!r}; models are {', '.join(cat.models)}",
+                    "model",
                 ) from None
             if idx is not None and midx != idx:
                 raise ApiError(
-                    422, "validation_error",
+                    422,
+                    "validation_error",
                     f"model {body.model!r} does not serve tier {body.tier!r} (it serves {cat.tiers[midx].name!r})",
                     "model",
                 )
@@ -896,7 +954,9 @@ class Service:
         assert idx is not None
         if not await self.known_request(body.request_id):
             raise ApiError(
-                404, "not_found", f"no routing decision with request_id {body.request_id!r} in the decision log",
+                404,
+                "not_found",
+                f"no routing decision with request_id {body.request_id!r} in the decision log",
                 "request_id",
             )
         tier = cat.tiers[idx]
@@ -935,9 +995,18 @@ class Service:
     def ready(self) -> tuple[int, dict[str, Any]]:
         m = self.model
         if m is None:
-            return 503, {"ready": False, "degraded": False, "source": "none", "model_uri": self.manager.model_uri,
-                         "router_version": "", "name": None, "version": None, "encoder": None, "loaded_at": "",
-                         "detail": "model not loaded yet"}
+            return 503, {
+                "ready": False,
+                "degraded": False,
+                "source": "none",
+                "model_uri": self.manager.model_uri,
+                "router_version": "",
+                "name": None,
+                "version": None,
+                "encoder": None,
+                "loaded_at": "",
+                "detail": "model not loaded yet",
+            }
         return 200, {
             "ready": True,
             "degraded": m.degraded,
@@ -966,8 +1035,15 @@ def _write_startup_error(message: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Error handlers
 # ----------------------------------------------------------------------------------------------------------------
-_TYPE_BY_STATUS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                   405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+_TYPE_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
 
 
 def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -975,8 +1051,11 @@ def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
     if parts and parts[0] == "body":
         parts = parts[1:]
     # union members show up as their type name (steps.0.str / steps.0.PlanStep): drop them
-    parts = [p for p in parts if p not in ("str", "PlanStep", "list[ContentPart]")
-             and not p.startswith(("function-", "json-or-python"))]
+    parts = [
+        p
+        for p in parts
+        if p not in ("str", "PlanStep", "list[ContentPart]") and not p.startswith(("function-", "json-or-python"))
+    ]
     return ".".join(parts) or "body"
 
 
@@ -996,11 +1075,13 @@ def install_error_handlers(app: FastAPI, service: Service) -> None:
         p = request.url.path
         return p if p in KNOWN_PATHS else "other"
 
-    def respond(request: Request, status: int, type_: str, message: str, field: str | None,
-                details: list[Any] | None = None) -> Response:
+    def respond(
+        request: Request, status: int, type_: str, message: str, field: str | None, details: list[Any] | None = None
+    ) -> Response:
         service.metrics.errors.labels(endpoint=endpoint_of(request), status=str(status), type=type_).inc()
-        return Response(error_body(status, type_, message, field, details), status_code=status,
-                        media_type="application/json")
+        return Response(
+            error_body(status, type_, message, field, details), status_code=status, media_type="application/json"
+        )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -1015,15 +1096,24 @@ def install_error_handlers(app: FastAPI, service: Service) -> None:
         if first.get("type") == "json_invalid":
             ctx = first.get("ctx") or {}
             pos = first.get("loc", ("body", "?"))[-1]
-            return respond(request, 400, "invalid_json",
-                           f"malformed JSON body: {ctx.get('error', 'decode error')} at character {pos}", "body")
+            return respond(
+                request,
+                400,
+                "invalid_json",
+                f"malformed JSON body: {ctx.get('error', 'decode error')} at character {pos}",
+                "body",
+            )
         if len(errors) == 1 and tuple(first.get("loc", ())) == ("body",) and first.get("type") == "missing":
             return respond(request, 422, "validation_error", "request body is required (JSON object)", "body")
         details = [{"field": _field_of(e.get("loc", ())), "message": _message_of(e)} for e in errors[:20]]
+        # a union (steps: str | PlanStep) reports one error per member: keep the most specific ones
+        fields = [d["field"] for d in details]
+        specific = [d for d in details if not any(f.startswith(d["field"] + ".") for f in fields)]
+        details = specific or details
         field = details[0]["field"]
         message = f"{field}: {details[0]['message']}"
-        if len(errors) > 1:
-            message += f" (and {len(errors) - 1} more problem(s), see details)"
+        if len(details) > 1:
+            message += f" (and {len(details) - 1} more problem(s), see details)"
         return respond(request, 422, "validation_error", message, field, details)
 
     @app.exception_handler(StarletteHTTPException)
@@ -1097,30 +1187,49 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, on_error=_guard_metric(service))
     install_error_handlers(app, service)
 
-    @app.post("/v1/route", response_model=RouteResponse, responses=ERROR_RESPONSES, tags=["routing"],
-              summary="Recommend a tier for one request")
+    @app.post(
+        "/v1/route",
+        response_model=RouteResponse,
+        responses=ERROR_RESPONSES,
+        tags=["routing"],
+        summary="Recommend a tier for one request",
+    )
     async def route(body: RouteRequest) -> Response:
         """Route one prompt (or the last user turn of `messages`). The decision also comes as `x-tierwise-*`
         response headers (request id, tier, model, reason, threshold, p-acceptable of the chosen tier, escalation,
         router version, latency, estimated cost) for proxies."""
         return await service.route(body)
 
-    @app.post("/v1/route/batch", response_model=BatchRouteResponse, responses=ERROR_RESPONSES, tags=["routing"],
-              summary="Route many requests in one call (vectorised)")
+    @app.post(
+        "/v1/route/batch",
+        response_model=BatchRouteResponse,
+        responses=ERROR_RESPONSES,
+        tags=["routing"],
+        summary="Route many requests in one call (vectorised)",
+    )
     async def route_batch(body: BatchRouteRequest) -> Response:
         """All prompts are encoded and classified together; results come back in request order."""
         return await service.route_batch(body)
 
-    @app.post("/v1/route/plan", response_model=PlanResponse, responses=ERROR_RESPONSES, tags=["routing"],
-              summary="Route a plan-and-execute job: a planner tier and a tier per step")
+    @app.post(
+        "/v1/route/plan",
+        response_model=PlanResponse,
+        responses=ERROR_RESPONSES,
+        tags=["routing"],
+        summary="Route a plan-and-execute job: a planner tier and a tier per step",
+    )
     async def route_plan(body: PlanRequest) -> Response:
         """The goal is routed as the planner call (never below the catalog's planning floor); each step on its own
         text and role. Costs: planner + steps on their tiers, next to everything on the top tier."""
         return await service.route_plan(body)
 
-    @app.post("/v1/feedback", response_model=FeedbackResponse, responses={**ERROR_RESPONSES, 404: {
-        "model": ErrorResponse, "description": "Unknown request_id."}}, tags=["feedback"],
-              summary="Report which tier answered and whether the answer was acceptable")
+    @app.post(
+        "/v1/feedback",
+        response_model=FeedbackResponse,
+        responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "Unknown request_id."}},
+        tags=["feedback"],
+        summary="Report which tier answered and whether the answer was acceptable",
+    )
     async def feedback(body: FeedbackRequest) -> dict[str, Any]:
         """Written to the decision log; `tierwise decisions export` turns it into a training log."""
         return await service.feedback(body)
@@ -1133,8 +1242,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=ReadyResponse, tags=["operations"],
-             summary="Model loaded? Which version? Degraded?", responses={503: {"model": ReadyResponse}})
+    @app.get(
+        "/readyz",
+        response_model=ReadyResponse,
+        tags=["operations"],
+        summary="Model loaded? Which version? Degraded?",
+        responses={503: {"model": ReadyResponse}},
+    )
     async def readyz() -> Response:
         status, body = service.ready()
         return Response(_dumps(body), status_code=status, media_type="application/json")
@@ -1144,35 +1258,51 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         data, ctype = service.metrics.render()
         return Response(data, media_type=ctype)
 
-    @app.post("/admin/reload", response_model=ReloadResponse, tags=["operations"],
-              summary="Reload the model without downtime (bearer token)",
-              responses={**ERROR_RESPONSES, 401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
-                         503: {"model": ErrorResponse, "description": "Reload failed; the old model keeps serving."}})
-    async def admin_reload(
-        request: Request, body: Annotated[ReloadRequest | None, Body()] = None
-    ) -> dict[str, Any]:
+    @app.post(
+        "/admin/reload",
+        response_model=ReloadResponse,
+        tags=["operations"],
+        summary="Reload the model without downtime (bearer token)",
+        responses={
+            **ERROR_RESPONSES,
+            401: {"model": ErrorResponse},
+            403: {"model": ErrorResponse},
+            503: {"model": ErrorResponse, "description": "Reload failed; the old model keeps serving."},
+        },
+    )
+    async def admin_reload(request: Request, body: Annotated[ReloadRequest | None, Body()] = None) -> dict[str, Any]:
         """Load the configured model URI again (or `model_uri` from the body), warm it up, swap it in. With several
         workers, each worker reloads on its own: prefer `TIERWISE_POLL_SECONDS` there."""
         token = settings.admin_token_value
         if token is None:
             raise ApiError(403, "forbidden", "admin endpoints are disabled: set TIERWISE_ADMIN_TOKEN", "authorization")
         given = request.headers.get("authorization", "")
-        given = given[7:].strip() if given.lower().startswith("bearer ") else request.headers.get(
-            "x-tierwise-admin-token", "")
+        given = (
+            given[7:].strip()
+            if given.lower().startswith("bearer ")
+            else request.headers.get("x-tierwise-admin-token", "")
+        )
         if not given or not hmac.compare_digest(given.encode(), token.encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong admin token (Authorization: Bearer ...)",
-                           "authorization")
+            raise ApiError(
+                401, "unauthorized", "missing or wrong admin token (Authorization: Bearer ...)", "authorization"
+            )
         old, new = await service.reload(body.model_uri if body else None)
-        return {"reloaded": True, "router_version": new.label, "previous_version": old.label, "source": new.source,
-                "degraded": new.degraded}
+        return {
+            "reloaded": True,
+            "router_version": new.label,
+            "previous_version": old.label,
+            "source": new.source,
+            "degraded": new.degraded,
+        }
 
     return app
 
 
 def _guard_metric(service: Service) -> Any:
     def on_error(path: str, status: int, type_: str) -> None:
-        service.metrics.errors.labels(endpoint=path if path in KNOWN_PATHS else "other", status=str(status),
-                                      type=type_).inc()
+        service.metrics.errors.labels(
+            endpoint=path if path in KNOWN_PATHS else "other", status=str(status), type=type_
+        ).inc()
 
     return on_error
 

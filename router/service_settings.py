@@ -6,6 +6,7 @@ Every field is an environment variable with the ``TIERWISE_`` prefix (``model_ur
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -45,12 +46,18 @@ class ServiceSettings(HomeSettings):
         None, description="Last good model copy, used when the registry is down (default: HOME/serving/last-good)."
     )
     batch_window_ms: float = Field(
-        1.0, ge=0, le=100, description="Micro-batching: how long the first request of a batch waits for company."
+        2.0,
+        ge=0,
+        le=100,
+        description="Micro-batching: under load, how long a batch waits for more requests before it runs.",
     )
     max_batch_size: int = Field(64, ge=1, le=4096, description="Micro-batching: most prompts in one encoder call.")
     encoder_threads: int = Field(1, ge=1, description="Intra-op threads of the encoder and classifier per worker.")
-    inference_threads: int = Field(
-        1, ge=1, description="Micro-batches encoded concurrently per worker (threads running the model)."
+    inference_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Micro-batches run concurrently per worker (threads calling the model); unset = CPU cores / "
+        "workers, at most 8.",
     )
     feedback_wait_ms: float = Field(
         1000.0, ge=0, description="How long feedback waits for its decision to reach the log (multi-worker lag)."
@@ -72,6 +79,12 @@ class ServiceSettings(HomeSettings):
     @property
     def model_cache_path(self) -> Path:
         return (self.model_cache_dir or self.home / "serving" / "last-good").expanduser()
+
+    @property
+    def inference_threads_value(self) -> int:
+        if self.inference_threads is not None:
+            return self.inference_threads
+        return max(1, min(8, (os.cpu_count() or 1) // self.workers))
 
     @property
     def admin_token_value(self) -> str | None:

@@ -114,6 +114,23 @@ def test_token_window_adds_specials_and_caps_length(torch_enc: SentenceTransform
     assert len(w.tokenizer.encode(_long_prompt()).ids) > 1000
 
 
+def test_clipped_tokenisation_of_huge_prompts_matches_full(torch_enc: SentenceTransformerEncoder) -> None:
+    w = torch_enc.window
+    words = ["alpha", "béta", "東京都", "x" * 150, "123.45", "don't", "(nested)", "\t", "\n\n", "a"]
+    rng = np.random.default_rng(0)
+    texts = [
+        "".join(words[rng.integers(len(words))] + [" ", "", "  ", "\n", ", "][rng.integers(5)] for _ in range(n))
+        for n in (700, 1500, 6000)
+    ]
+    texts += ["z" * 20000, "東京" * 5000, _long_prompt() * 20]  # no whitespace -> full path; CJK; plain long
+    for max_tokens, head in [(256, 32), (64, 0), (32, 28)]:
+        win = type(w)(w.tokenizer, max_tokens, head)
+        assert [ids[1:-1] for ids in win.ids(texts)] == win._full_content_ids(texts)
+    t0 = time.perf_counter()
+    w.ids([_long_prompt() * 400])  # ~1.5 MB
+    assert time.perf_counter() - t0 < 0.25
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Spec
 # --------------------------------------------------------------------------------------------------------------

@@ -148,6 +148,7 @@ def test_savings_report_runs_on_decision_log(kernel_env: None, workdir: Path) ->
     from training.demo import demo_catalog
 
     cat = demo_catalog()
+    top = cat.tiers[-1]
     db = workdir / "decisions.db"
     dlog = DecisionLog(db).start()
     for i in range(40):
@@ -157,7 +158,7 @@ def test_savings_report_runs_on_decision_log(kernel_env: None, workdir: Path) ->
             request_id=f"req-{i}", endpoint="/v1/route", text=text, role="single", tier=tier.name,
             tier_index=i % len(cat.tiers), model=tier.model, threshold=0.8, reason="cheapest_tier_meeting_threshold",
             probabilities={t: 0.9 for t in cat.tier_names}, router_version=f"{MODEL}/1",
-            est_cost_usd=tier.price_usd(len(text) / 4, 200), est_top_cost_usd=cat.tiers[-1].price_usd(len(text) / 4, 200),
+            est_cost_usd=tier.price_usd(len(text) / 4, 200), est_top_cost_usd=top.price_usd(len(text) / 4, 200),
             latency_ms=3.0, metadata={"task": ("chat", "code")[i % 2]},
         )
     assert dlog.flush()

@@ -181,7 +181,7 @@ def _decision_log(path: Path, *, feedback: bool) -> None:
     for rid, text, tier, est, est_top, task in specs:
         dlog.record_decision(
             request_id=rid, endpoint="/v1/route", text=text, role="single", tier=tier,
-            tier_index=_catalog().index(tier), model=f"m-{tier}", threshold=0.8, reason="cheapest_tier_meeting_threshold",
+            tier_index=_catalog().index(tier), model=f"m-{tier}", threshold=0.8, reason="cheapest_meeting_threshold",
             probabilities={"a": 0.9, "b": 0.9, "c": 0.9}, router_version="t/1", est_cost_usd=est,
             est_top_cost_usd=est_top, latency_ms=1.0, metadata={"task": task} if task else None,
         )

@@ -300,6 +300,109 @@ def promote(
     typer.echo(f"{name}@champion -> version {version}")
 
 
+@app.command()
+def serve(
+    model_uri: Annotated[
+        str | None, typer.Option("--model-uri", help="Registry URI or local directory (env TIERWISE_MODEL_URI).")
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Interface (env TIERWISE_HOST, default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="TCP port (env TIERWISE_PORT, default 8000).")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Worker processes (env TIERWISE_WORKERS, default 1).")
+    ] = None,
+    tracking_uri: TrackingOpt = None,
+    poll_seconds: Annotated[
+        float | None, typer.Option("--poll-seconds", help="Reload when the alias moves; checked every N s (0 = off).")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level", help="critical/error/warning/info/debug.")] = None,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="uvicorn access log.")] = True,
+) -> None:
+    """Serve the router over HTTP (FastAPI + uvicorn): /v1/route, /v1/route/batch, /v1/route/plan, /v1/feedback.
+
+    Every other setting comes from TIERWISE_* environment variables (see the README's Serving section).
+    """
+    import tempfile
+
+    _env_defaults()
+    given = {
+        "model_uri": model_uri, "host": host, "port": port, "workers": workers, "tracking_uri": tracking_uri,
+        "poll_seconds": poll_seconds, "log_level": log_level,
+    }
+    for key, value in given.items():
+        if value is not None:
+            os.environ[f"TIERWISE_{key.upper()}"] = str(value)
+    try:
+        from router.service import STATE_DIR_ENV
+        from router.service_settings import ServiceSettings
+
+        settings = ServiceSettings()
+    except Exception as exc:  # noqa: BLE001
+        errors = getattr(exc, "errors", None)
+        if callable(errors) and errors():
+            e = errors()[0]
+            exc = ValueError(f"TIERWISE_{str(e['loc'][0]).upper() if e['loc'] else ''}: {e['msg']}")
+        _fail(exc)
+        return
+    state_dir = tempfile.mkdtemp(prefix="tierwise-serve-")
+    os.environ[STATE_DIR_ENV] = state_dir
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # every worker writes its samples here, so /metrics adds up all workers
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tierwise-metrics-")
+    import uvicorn
+
+    code = 0
+    try:
+        uvicorn.run(
+            "router.service:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            access_log=access_log,
+            timeout_graceful_shutdown=10,
+        )
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    err = Path(state_dir, "startup-error.txt")
+    if err.is_file():
+        typer.echo("error: " + err.read_text(encoding="utf-8").strip().removeprefix("tierwise: "), err=True)
+        code = code or 3
+    if code:
+        raise typer.Exit(code)
+
+
+decisions_app = typer.Typer(help="The service's decision log (decisions + feedback).", no_args_is_help=True)
+app.add_typer(decisions_app, name="decisions")
+
+
+@decisions_app.command("export")
+def decisions_export(
+    out: Annotated[Path, typer.Option("--out", help="Output log: .csv, .csv.gz, .jsonl or .parquet.")],
+    db: Annotated[
+        Path | None, typer.Option("--db", help="Decision log (default: TIERWISE_DECISION_LOG or HOME/decisions.db).")
+    ] = None,
+) -> None:
+    """Export feedback joined with its decisions as a training log (the canonical long format).
+
+    Only decisions whose prompt text was stored (TIERWISE_STORE_PROMPTS=true) can be exported: training needs the
+    text. Train on the result with: tierwise train --data OUT
+    """
+    _env_defaults()
+    try:
+        from router.decision_log import export_log
+        from router.service_settings import ServiceSettings
+
+        path = db or ServiceSettings().decision_log_path
+        frame, summary = export_log(path, out)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    typer.echo(f"{summary.describe()} -> {out}")
+    if summary.exported_rows == 0:
+        typer.echo("nothing to train on yet: no feedback with stored prompt text", err=True)
+
+
 @app.command("demo-data")
 def demo_data(
     out: Annotated[Path, typer.Option("--out", help="Where to write the SYNTHETIC demo log.")] = Path("demo_log.csv"),

@@ -193,7 +193,7 @@ def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, pro
 
     config = config or TrainConfig()
     lab = prepared.labelled
-    encoder = build_encoder(config.encoder)
+    encoder = build_encoder(config.encoder, threads=2)  # two single-threaded calls in parallel; same vectors
     p = lab.prompts
     roles = [None if pd.isna(r) else str(r) for r in p["role"]]
     X, emb = build_features(encoder, p["prompt"].astype(str).tolist(), roles, config.structural_features, progress)

@@ -1,0 +1,328 @@
+"""Latency and throughput of the routing service: the real server over loopback, measured with wrk.
+
+    .venv/bin/python benchmarks/latency.py                      # trains the default demo model in a temp store
+    .venv/bin/python benchmarks/latency.py --model-uri models:/tierwise@champion --tracking-uri sqlite:///...
+
+What it does:
+
+1. Gets a model: ``--model-uri`` (registry URI or directory), or trains the default configuration (default
+   encoder and TrainConfig) on the SYNTHETIC demo log and registers it in a temporary SQLite MLflow store.
+2. In-process: ``Router.route`` on 500 distinct short prompts (and 100 long ones), one at a time: p50 / p95 / p99.
+3. Starts ``tierwise serve`` (1 worker unless ``--workers``), warms it up, and runs ``wrk -t1 --latency`` against
+   ``POST /v1/route`` at concurrency 1 and 32 for short (~30 token) and long (~400 token) prompts. Every request
+   carries a different prompt (a counter plus random words generated in wrk's Lua), so nothing is cached.
+4. Prints one markdown table (requests/s, p50 / p95 / p99, errors, mean micro-batch size, server CPU per request)
+   with the encoder, the machine and the peak RSS of the worker.
+
+Needs ``wrk`` (``apt-get install -y wrk``) and psutil. wrk shares the machine's cores with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORDS = (
+    "the customer asked whether our quarterly revenue report could include a breakdown by region and product line "
+    "please write python code that parses the invoice table computes totals per month and flags any duplicate "
+    "entries before the deadline explain why the database query is slow when the index on created at is missing "
+    "summarise this meeting about hiring budget roadmap risks and the migration of the billing service to the new "
+    "cluster translate the following paragraph into german keeping the tone formal and the numbers unchanged"
+).split()
+SHORT_WORDS = 22  # ~30 tokens with the prefix
+LONG_WORDS = 360  # ~400 tokens
+
+
+def make_prompt(rng: random.Random, i: int, n_words: int) -> str:
+    return f"Request {i}: " + " ".join(rng.choice(WORDS) for _ in range(n_words)) + "?"
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def lua_script(n_words: int, seed: int) -> str:
+    words = ", ".join(f'"{w}"' for w in WORDS)
+    return f"""
+local words = {{{words}}}
+local counter = 0
+math.randomseed({seed})
+request = function()
+  counter = counter + 1
+  local t = {{}}
+  for i = 1, {n_words} do t[i] = words[math.random(#words)] end
+  local body = '{{"prompt":"Request ' .. counter .. ': ' .. table.concat(t, ' ') .. '?"}}'
+  return wrk.format("POST", nil, {{["Content-Type"] = "application/json"}}, body)
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("TW requests %d duration_us %d\\n", summary.requests, summary.duration))
+  io.write(string.format("TW p50 %d p95 %d p99 %d max %d\\n", latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max))
+  io.write(string.format("TW connect %d read %d write %d status %d timeout %d\\n", e.connect, e.read,
+    e.write, e.status, e.timeout))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def train_default_model(store: str) -> str:
+    from training.demo import demo_catalog, demo_log
+    from training.pipeline import train
+
+    print("training the default configuration on the SYNTHETIC demo log (a few minutes) ...", file=sys.stderr)
+    res = train(demo_log(), catalog=demo_catalog(), register="tierwise-bench", tracking_uri=store, progress=False)
+    return f"models:/tierwise-bench/{res.model_version}"
+
+
+def in_process(model_uri: str, tracking_uri: str | None, n_short: int, n_long: int) -> dict[str, object]:
+    from router.core import Router
+
+    r = Router.load(model_uri, tracking_uri=tracking_uri)
+    rng = random.Random(1)
+    for i in range(20):
+        r.route(make_prompt(rng, -i, SHORT_WORDS))
+    out: dict[str, object] = {
+        "encoder": f"{r.meta.encoder.get('kind')}:{r.meta.encoder.get('source')}",
+        "router": r.ref.label,
+    }
+    for label, n, words in (("short", n_short, SHORT_WORDS), ("long", n_long, LONG_WORDS)):
+        if n == 0:
+            continue
+        prompts = [make_prompt(rng, i, words) for i in range(n)]
+        tok = r.encoder.window.tokenizer
+        out[f"{label}_tokens"] = statistics.mean(len(tok.encode(p).ids) for p in prompts[:50])
+        times = []
+        for p in prompts:
+            t0 = time.perf_counter()
+            r.route(p)
+            times.append((time.perf_counter() - t0) * 1000)
+        out[label] = {q: percentile(times, q) for q in (50, 95, 99)}
+    return out
+
+
+class Server:
+    def __init__(self, model_uri: str, tracking_uri: str | None, home: Path, workers: int, env: dict[str, str]):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        e = {**os.environ, **env, "TIERWISE_HOME": str(home), "TIERWISE_MODEL_URI": model_uri}
+        if tracking_uri:
+            e["TIERWISE_TRACKING_URI"] = tracking_uri
+        cmd = [
+            sys.executable,
+            "-m",
+            "training.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(workers),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+        self.log = open(home / "server.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, env=e, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def wait_ready(self, timeout: float = 300) -> dict:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}); see {self.log.name}")
+            try:
+                r = httpx.get(self.url + "/readyz", timeout=2)
+                if r.status_code == 200:
+                    return r.json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError("server not ready")
+
+    def processes(self) -> list:
+        import psutil
+
+        p = psutil.Process(self.proc.pid)
+        kids = p.children(recursive=True)
+        return kids or [p]
+
+    def metric(self, name: str) -> float:
+        import httpx
+
+        total = 0.0
+        for line in httpx.get(self.url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, server: Server) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.peak = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                for p in self.server.processes():
+                    self.peak = max(self.peak, p.memory_info().rss)
+            except Exception:  # noqa: BLE001 - process gone
+                pass
+            self.stop_event.wait(0.2)
+
+
+def run_wrk(url: str, script: Path, conc: int, duration: int) -> dict[str, float]:
+    cmd = ["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--latency", "--timeout", "10s", "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    nums = {}
+    for line in out.splitlines():
+        if line.startswith("TW "):
+            toks = line.split()[1:]
+            for k, v in zip(toks[::2], toks[1::2], strict=True):
+                nums[k] = float(v)
+    if "requests" not in nums:
+        raise RuntimeError(f"could not parse wrk output:\n{out}")
+    nums["rps"] = nums["requests"] / (nums["duration_us"] / 1e6)
+    nums["errors"] = sum(nums[k] for k in ("connect", "read", "write", "status", "timeout"))
+    return nums
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-uri", help="Model to serve (default: train the default demo model).")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI for --model-uri.")
+    ap.add_argument("--duration", type=int, default=10, help="Seconds per wrk run.")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--concurrency", default="1,32")
+    ap.add_argument("--skip-long", action="store_true")
+    ap.add_argument("--env", action="append", default=[], help="Extra server env, e.g. TIERWISE_BATCH_WINDOW_MS=2")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("error: wrk is not installed (apt-get install -y wrk)")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+    work = Path(tempfile.mkdtemp(prefix="tierwise-bench-"))
+    os.environ.setdefault("TIERWISE_HOME", str(work / "home"))
+    tracking = args.tracking_uri
+    model_uri = args.model_uri
+    if model_uri is None:
+        tracking = f"sqlite:///{work / 'mlflow.db'}"
+        model_uri = train_default_model(tracking)
+
+    load0 = os.getloadavg()
+    print("in-process Router.route ...", file=sys.stderr)
+    inproc = in_process(model_uri, tracking, 500, 0 if args.skip_long else 100)
+
+    env = dict(e.split("=", 1) for e in args.env)
+    (work / "serve").mkdir()
+    server = Server(model_uri, tracking, work / "serve", args.workers, env)
+    rows = []
+    try:
+        ready = server.wait_ready()
+        scripts = {}
+        for label, words in (("short", SHORT_WORDS), ("long", LONG_WORDS)):
+            scripts[label] = work / f"{label}.lua"
+            scripts[label].write_text(lua_script(words, seed=7), encoding="utf-8")
+        url = server.url + "/v1/route"
+        subprocess.run(["wrk", "-t1", "-c8", "-d3s", "-s", str(scripts["short"]), url], capture_output=True, check=True)
+        sampler = RssSampler(server)
+        sampler.start()
+        for label in ("short",) + (() if args.skip_long else ("long",)):
+            for conc in (int(c) for c in args.concurrency.split(",")):
+                print(f"wrk {label} c={conc} ...", file=sys.stderr)
+                b_count, b_sum = (
+                    server.metric("tierwise_microbatch_size_count"),
+                    server.metric("tierwise_microbatch_size_sum"),
+                )
+                cpu0 = sum(sum(p.cpu_times()[:2]) for p in server.processes())
+                res = run_wrk(url, scripts[label], conc, args.duration)
+                cpu1 = sum(sum(p.cpu_times()[:2]) for p in server.processes())
+                calls = server.metric("tierwise_microbatch_size_count") - b_count
+                prompts = server.metric("tierwise_microbatch_size_sum") - b_sum
+                res["batch"] = prompts / calls if calls else float("nan")
+                res["cpu_ms"] = (cpu1 - cpu0) * 1000 / max(res["requests"], 1)
+                rows.append((label, conc, res))
+        sampler.stop_event.set()
+        sampler.join()
+        peak_rss = sampler.peak
+    finally:
+        server.stop()
+    load1 = os.getloadavg()
+
+    enc = inproc["encoder"]
+    print()
+    print(
+        f"tierwise latency benchmark: model {inproc['router']}, encoder **{enc}**, "
+        f"server `tierwise serve --workers {args.workers}` (uvicorn, httptools, uvloop) "
+        f"{' '.join(args.env)}".rstrip()
+    )
+    print(
+        f"machine: {os.cpu_count()} CPU cores shared by server and wrk; load average before/after "
+        f"{load0[0]:.2f}/{load1[0]:.2f}; prompts: short ~{inproc['short_tokens']:.0f} tokens"
+        + ("" if args.skip_long else f", long ~{inproc['long_tokens']:.0f} tokens (encoder window 256)")
+    )
+    print()
+    print(
+        "| where | prompts | concurrency | requests/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
+        "| server CPU ms/req | encoder |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for label in ("short", "long"):
+        if label in inproc and isinstance(inproc[label], dict) and inproc[label]:
+            q = inproc[label]
+            print(
+                f"| in-process `Router.route` | {label} | 1 | - | {q[50]:.2f} | {q[95]:.2f} | "
+                f"{q[99]:.2f} | 0 | 1 | - | {enc} |"
+            )
+    for label, conc, r in rows:
+        print(
+            f"| HTTP `POST /v1/route` | {label} | {conc} | {r['rps']:.0f} | {r['p50'] / 1000:.2f} | "
+            f"{r['p95'] / 1000:.2f} | {r['p99'] / 1000:.2f} | {r['errors']:.0f} | {r['batch']:.1f} | "
+            f"{r['cpu_ms']:.2f} | {enc} |"
+        )
+    print()
+    print(
+        f"peak RSS of the worker process(es): {peak_rss / 2**20:.0f} MiB "
+        f"(model {ready.get('router_version')}, encoder {enc})"
+    )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

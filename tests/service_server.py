@@ -1,0 +1,74 @@
+"""Helpers for the service tests: run ``tierwise serve`` as a real subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def closed_port_uri() -> str:
+    """An http tracking URI where nothing listens (a registry that is down)."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+class ServerProcess:
+    """``python -m training.cli serve`` with the given TIERWISE_* environment; logs go to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, extra_args: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {**os.environ, **env}
+        full_env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        full_env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        args = [sys.executable, "-m", "training.cli", "serve", "--port", str(self.port), "--no-access-log"]
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            args + (extra_args or []), env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_ready(self, timeout: float = 180.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                r = httpx.get(f"{self.url}/readyz", timeout=2)
+                if r.status_code == 200:
+                    return r.json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()[-4000:]}")
+
+    def wait_exit(self, timeout: float = 120.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
