@@ -1,14 +1,26 @@
 """Per-tier acceptability classifier: P(tier t answers this prompt acceptably), for every tier.
 
-scikit-learn's estimator shape (``fit`` / ``predict_proba``), LightGBM underneath, and a per-tier probability
-calibration fitted on a separate calibration split. Two layouts:
+scikit-learn's estimator shape (``fit`` / ``predict_proba``) and a per-tier probability calibration fitted on a
+separate calibration split. Three layouts:
 
-* ``stacked`` (default): one LightGBM model over (prompt features, tier index, tier cost rank) rows, so tiers share
-  what they have in common (a prompt that is hard for one tier is usually hard for the next) and a tier with few
-  observations borrows strength from the others.
+* ``linear`` (default): a shrunken, two-part model that suits small, noisy routing logs (one sample per prompt
+  and tier, so outcomes are mostly noise around a per-task rate):
+
+  1. a **group prior**: prompts are grouped by the log's ``task`` column when it has one (passed to :meth:`fit`
+     as ``groups``; never needed at serve time), else by k-means clusters of the features. A multinomial
+     logistic regression (or the nearest centroid) gives P(group | prompt), and the prior is
+     ``sum_g P(g | prompt) * rate[g, tier]`` with each group's success rate shrunk towards the tier's overall rate;
+  2. a per-tier L2 **logistic regression** on the features (embedding as is, structural features standardised
+     and down-weighted);
+  3. per tier, a logistic **stacker** combines the two logits; it is fitted on out-of-fold predictions of 1 and 2
+     so it learns how much prompt-level signal the data actually carries.
+
+  Prediction is plain numpy (matrix products), no scikit-learn at serve time.
+* ``stacked``: one LightGBM model over (prompt features, tier index) rows, so tiers share what they have in
+  common and a tier with few observations borrows strength from the others.
 * ``per_tier``: one LightGBM model per tier.
 
-Everything is saved as text/JSON (LightGBM model strings, calibration parameters): no pickles.
+Everything is saved as text/JSON (LightGBM model strings, linear weights, calibration parameters): no pickles.
 """
 
 from __future__ import annotations
@@ -21,7 +33,16 @@ from typing import Any, Literal
 import lightgbm as lgb
 import numpy as np
 
-Layout = Literal["stacked", "per_tier"]
+Layout = Literal["linear", "stacked", "per_tier"]
+LAYOUTS = ("linear", "stacked", "per_tier")
+
+# linear layout: fixed, data-independent settings (chosen by cross-validation on the train parts of the benchmarks)
+LINEAR_C = 0.3  # inverse L2 strength of the per-tier logistic regressions (features: unit-norm embedding + ...)
+STRUCTURAL_WEIGHT = 0.2  # ... standardised structural features scaled by this (their prior weight vs the embedding)
+GROUP_C = 10.0  # inverse L2 strength of the multinomial P(group | prompt)
+GROUP_SHRINK = 10.0  # pseudo-observations pulling a group's success rate towards the tier's overall rate
+STACK_C = 1.0
+OOF_FOLDS = 3
 CalibrationKind = Literal["sigmoid", "isotonic", "none"]
 
 DEFAULT_LGBM_PARAMS: dict[str, Any] = {
@@ -94,7 +115,9 @@ class TierClassifier:
         n_estimators: boosting rounds.
         calibration: probability calibration fitted in :meth:`calibrate`.
         params: LightGBM parameters overriding :data:`DEFAULT_LGBM_PARAMS`.
-        random_state: seed for LightGBM's bagging and feature sampling.
+        random_state: seed for LightGBM's bagging and feature sampling, k-means and the out-of-fold splits.
+        n_embedding: ``linear`` layout: the first ``n_embedding`` feature columns are a unit-norm embedding (used
+            as is); the others are standardised and scaled by ``STRUCTURAL_WEIGHT``. ``None``: standardise all.
     """
 
     def __init__(
@@ -106,11 +129,12 @@ class TierClassifier:
         calibration: CalibrationKind = "sigmoid",
         params: dict[str, Any] | None = None,
         random_state: int = 0,
+        n_embedding: int | None = None,
     ) -> None:
         if n_tiers < 1:
             raise ValueError("n_tiers must be >= 1")
-        if layout not in ("stacked", "per_tier"):
-            raise ValueError(f"unknown layout {layout!r}; choose stacked or per_tier")
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
         self.n_tiers = n_tiers
         self.layout: Layout = layout
         self.n_estimators = n_estimators
@@ -121,6 +145,8 @@ class TierClassifier:
         self.priors_: list[float] = []
         self.calibrators_: list[Calibrator] = [Calibrator() for _ in range(n_tiers)]
         self.n_features_: int | None = None
+        self.n_embedding = n_embedding
+        self.linear_: dict[str, Any] = {}
 
     # --- layout helpers ------------------------------------------------------------------------------------
     def _stack(self, X: np.ndarray) -> np.ndarray:
@@ -130,8 +156,12 @@ class TierClassifier:
         return np.hstack([np.repeat(X, self.n_tiers, axis=0), tiers])
 
     # --- fit / predict -------------------------------------------------------------------------------------
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> TierClassifier:
-        """Fit on features ``X [n, d]`` and per-tier outcomes ``Y [n, T]`` (1 / 0 / NaN = not tried)."""
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> TierClassifier:
+        """Fit on features ``X [n, d]`` and per-tier outcomes ``Y [n, T]`` (1 / 0 / NaN = not tried).
+
+        ``groups`` (``linear`` layout only, optional): a task label per row, used to learn the group prior; with
+        fewer than two distinct labels the groups are k-means clusters of the features.
+        """
         X = np.asarray(X, dtype=np.float32)
         Y = np.asarray(Y, dtype=float)
         if Y.shape != (X.shape[0], self.n_tiers):
@@ -139,7 +169,10 @@ class TierClassifier:
         self.n_features_ = X.shape[1]
         observed = ~np.isnan(Y)
         self.priors_ = [float(np.nanmean(Y[:, t])) if observed[:, t].any() else 0.5 for t in range(self.n_tiers)]
-        if self.layout == "stacked":
+        if self.layout == "linear":
+            self.boosters_ = []
+            self.linear_ = _fit_linear(X, Y, groups, self.n_embedding, np.asarray(self.priors_), self.random_state)
+        elif self.layout == "stacked":
             Xs, ys = self._stack(X), Y.reshape(-1)
             keep = ~np.isnan(ys)
             # Start every row from its tier's base rate, so trees learn how this prompt deviates from it.
@@ -175,6 +208,8 @@ class TierClassifier:
             raise ValueError(f"expected {self.n_features_} features, got {X.shape[1]}")
         kw = {"num_threads": num_threads} if num_threads else {}
         n = X.shape[0]
+        if self.layout == "linear":
+            return _sigmoid(_linear_logits(self.linear_, X))
         if self.layout == "stacked":
             b = self.boosters_[0]
             if b is None:
@@ -224,6 +259,8 @@ class TierClassifier:
             "priors": self.priors_,
             "boosters": files,
             "calibrators": [c.__dict__ for c in self.calibrators_],
+            "n_embedding": self.n_embedding,
+            "linear": self.linear_,
         }
         (d / "classifier.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
@@ -238,7 +275,9 @@ class TierClassifier:
             calibration=meta["calibration"],
             params=meta["params"],
             random_state=meta["random_state"],
+            n_embedding=meta.get("n_embedding"),
         )
+        obj.linear_ = meta.get("linear") or {}
         obj.n_features_ = meta["n_features"]
         obj.priors_ = meta["priors"]
         obj.boosters_ = [
@@ -246,3 +285,158 @@ class TierClassifier:
         ]
         obj.calibrators_ = [Calibrator(**c) for c in meta["calibrators"]]
         return obj
+
+
+# --------------------------------------------------------------------------------------------------------------
+# linear layout (group prior + logistic regression + stacker), plain numpy at prediction time
+# --------------------------------------------------------------------------------------------------------------
+def _inputs(params: dict[str, Any], X: np.ndarray) -> np.ndarray:
+    """Scaled model inputs: the embedding columns as is, the others standardised and weighted."""
+    X = np.asarray(X, dtype=np.float64)
+    mean = np.asarray(params["scale_mean"])
+    std = np.asarray(params["scale_std"])
+    weight = np.asarray(params["scale_weight"])
+    return (X - mean) / std * weight
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _group_proba(g: dict[str, Any], Z: np.ndarray) -> np.ndarray:
+    if g["kind"] == "centroids":
+        c = np.asarray(g["centroids"])
+        d = (Z**2).sum(1)[:, None] - 2 * Z @ c.T + (c**2).sum(1)[None, :]
+        out = np.zeros((Z.shape[0], c.shape[0]))
+        out[np.arange(Z.shape[0]), d.argmin(axis=1)] = 1.0
+        return out
+    coef, icpt = np.asarray(g["coef"]), np.asarray(g["intercept"])
+    if coef.shape[0] == 1:  # binary logistic regression: one row for the second class
+        p1 = _sigmoid(Z @ coef[0] + icpt[0])
+        return np.column_stack([1 - p1, p1])
+    return _softmax(Z @ coef.T + icpt)
+
+
+def _component_logits(params: dict[str, Any], Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    g = params["group"]
+    prior = _group_proba(g, Z) @ np.asarray(g["rates"])
+    lin = Z @ np.asarray(params["lr_coef"]).T + np.asarray(params["lr_intercept"])
+    return _logit(prior), lin
+
+
+def _linear_logits(params: dict[str, Any], X: np.ndarray) -> np.ndarray:
+    Z = _inputs(params, X)
+    prior, lin = _component_logits(params, Z)
+    w = np.asarray(params["stack"])  # [T, 3]: prior weight, linear weight, intercept
+    return w[:, 0] * prior + w[:, 1] * lin + w[:, 2]
+
+
+def _fit_group_model(
+    Z: np.ndarray, Y: np.ndarray, groups: np.ndarray | None, priors: np.ndarray, seed: int
+) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+
+    n = Z.shape[0]
+    labels = None
+    if groups is not None:
+        g = np.asarray(["" if x is None or (isinstance(x, float) and np.isnan(x)) else str(x) for x in groups])
+        if np.unique(g).size >= 2:
+            labels = g
+    if labels is not None:
+        lr = LogisticRegression(C=GROUP_C, max_iter=2000).fit(Z, labels)
+        model: dict[str, Any] = {
+            "kind": "task",
+            "classes": [str(c) for c in lr.classes_],
+            "coef": lr.coef_.tolist(),
+            "intercept": lr.intercept_.tolist(),
+        }
+        member = labels[:, None] == lr.classes_[None, :]
+    else:
+        from sklearn.cluster import KMeans
+
+        k = int(np.clip(round(np.sqrt(n / 4.0)), 1, 64))
+        k = min(k, n)
+        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(Z)
+        model = {"kind": "centroids", "centroids": km.cluster_centers_.tolist()}
+        member = km.labels_[:, None] == np.arange(k)[None, :]
+    rates = []
+    for j in range(member.shape[1]):
+        y = Y[member[:, j]]
+        cnt = (~np.isnan(y)).sum(axis=0)
+        hits = np.nansum(y, axis=0)
+        rates.append((hits + GROUP_SHRINK * priors) / (cnt + GROUP_SHRINK))
+    model["rates"] = np.clip(np.asarray(rates), 1e-4, 1 - 1e-4).tolist()
+    return model
+
+
+def _fit_lr(Z: np.ndarray, Y: np.ndarray, priors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.linear_model import LogisticRegression
+
+    T = Y.shape[1]
+    coef = np.zeros((T, Z.shape[1]))
+    icpt = _logit(priors).astype(float)
+    for t in range(T):
+        m = ~np.isnan(Y[:, t])
+        y = Y[m, t]
+        if m.sum() < 2 or np.unique(y).size < 2:
+            continue  # constant outcome: the prior is the prediction
+        lr = LogisticRegression(C=LINEAR_C, max_iter=3000).fit(Z[m], y.astype(int))
+        coef[t], icpt[t] = lr.coef_[0], lr.intercept_[0]
+    return coef, icpt
+
+
+def _fit_linear(
+    X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None, n_embedding: int | None, priors: np.ndarray, seed: int
+) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    n_emb = 0 if n_embedding is None else int(min(n_embedding, d))
+    mean = np.zeros(d)
+    std = np.ones(d)
+    weight = np.ones(d)
+    if n_emb < d:
+        rest = X[:, n_emb:]
+        mean[n_emb:] = rest.mean(axis=0)
+        sd = rest.std(axis=0)
+        std[n_emb:] = np.where(sd > 1e-12, sd, 1.0)
+        weight[n_emb:] = STRUCTURAL_WEIGHT if n_emb > 0 else 1.0
+    params: dict[str, Any] = {"scale_mean": mean.tolist(), "scale_std": std.tolist(), "scale_weight": weight.tolist()}
+    Z = _inputs(params, X)
+    g = None if groups is None else np.asarray(groups, dtype=object)
+
+    # out-of-fold component logits for the stacker
+    rng = np.random.default_rng(seed)
+    fold = rng.integers(0, OOF_FOLDS, size=n)
+    oof_prior = np.zeros(Y.shape)
+    oof_lin = np.zeros(Y.shape)
+    for j in range(OOF_FOLDS):
+        a, b = fold != j, fold == j
+        if b.sum() == 0 or a.sum() < 2:
+            continue
+        pr = np.clip(np.nan_to_num(np.nanmean(Y[a], axis=0), nan=0.5), 1e-4, 1 - 1e-4)
+        part = {
+            **params,
+            "group": _fit_group_model(Z[a], Y[a], None if g is None else g[a], pr, seed),
+        }
+        part["lr_coef"], part["lr_intercept"] = _fit_lr(Z[a], Y[a], pr)
+        oof_prior[b], oof_lin[b] = _component_logits(part, Z[b])
+
+    params["group"] = _fit_group_model(Z, Y, g, np.clip(priors, 1e-4, 1 - 1e-4), seed)
+    coef, icpt = _fit_lr(Z, Y, np.clip(priors, 1e-4, 1 - 1e-4))
+    params["lr_coef"], params["lr_intercept"] = coef.tolist(), icpt.tolist()
+    stack = []
+    for t in range(Y.shape[1]):
+        m = ~np.isnan(Y[:, t])
+        y = Y[m, t]
+        if m.sum() < 10 or np.unique(y).size < 2:
+            stack.append([0.0, 0.0, float(_logit(np.array([priors[t]]))[0])])
+            continue
+        F = np.column_stack([oof_prior[m, t], oof_lin[m, t]])
+        st = LogisticRegression(C=STACK_C, max_iter=1000).fit(F, y.astype(int))
+        stack.append([float(st.coef_[0, 0]), float(st.coef_[0, 1]), float(st.intercept_[0])])
+    params["stack"] = stack
+    return params

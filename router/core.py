@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,7 +102,13 @@ class Router:
         if "://" not in text and not text.startswith("models:/") and not text.startswith("runs:/"):
             raise FileNotFoundError(f"no such model directory or registry URI: {text}")
         local, ref = download_model(text, tracking_uri=tracking_uri)
-        return cls.from_bundle(local, threads=threads, ref=ref)
+        try:
+            router = cls.from_bundle(local, threads=threads, ref=ref)
+        finally:
+            # Everything is in memory now; the downloaded copy is not needed (the service keeps its own copy).
+            shutil.rmtree(download_root(local), ignore_errors=True)
+        router.bundle_dir = None
+        return router
 
     # --- properties ----------------------------------------------------------------------------------------
     @property
@@ -115,6 +122,16 @@ class Router:
     @property
     def threshold(self) -> float:
         return self.meta.threshold
+
+    @property
+    def decision_rule(self) -> str:
+        """``threshold`` or ``utility`` (see router.decision); bundles without the entry use ``threshold``."""
+        return str(self.meta.training.get("decision_rule", "threshold"))
+
+    @property
+    def tier_costs(self) -> list[float] | None:
+        """Mean cost per tier on the training logs (the utility rule's prices), when the bundle has them."""
+        return self.meta.training.get("tier_costs")
 
     # --- prediction ----------------------------------------------------------------------------------------
     def features(self, prompts: Sequence[str], roles: Sequence[str | None] | None = None) -> np.ndarray:
@@ -186,7 +203,10 @@ class Router:
             floor, floor_reason = cat.verify_floor, Reason.VERIFIER_FLOOR
         lo = cat.index(min_tier) if min_tier is not None else None
         hi = cat.index(max_tier) if max_tier is not None else None
-        choice = decide(proba, thr, floor=floor, floor_reason=floor_reason, min_tier=lo, max_tier=hi)
+        choice = decide(
+            proba, thr, floor=floor, floor_reason=floor_reason, min_tier=lo, max_tier=hi,
+            rule=self.decision_rule, tier_costs=self.tier_costs,
+        )
         tier = cat.tiers[choice.tier]
         return Decision(
             tier=tier.name,
@@ -201,7 +221,22 @@ class Router:
 
     def choose(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Vectorised tier indices for a probability matrix (role ``single``, no clamps)."""
-        return decide_batch(proba, self.threshold if threshold is None else threshold)
+        return decide_batch(
+            proba, self.threshold if threshold is None else threshold, rule=self.decision_rule,
+            tier_costs=self.tier_costs,
+        )
+
+
+DOWNLOAD_PREFIX = "tierwise-model-"
+
+
+def download_root(local: str | Path) -> Path:
+    """The temp directory :func:`download_model` created for ``local`` (its outermost ``tierwise-model-*`` parent)."""
+    p = Path(local)
+    for parent in (p, *p.parents):
+        if parent.name.startswith(DOWNLOAD_PREFIX):
+            return parent
+    raise ValueError(f"{local} is not inside a tierwise download directory")
 
 
 def download_model(uri: str, *, tracking_uri: str | None = None) -> tuple[Path, ModelRef]:
@@ -222,6 +257,6 @@ def download_model(uri: str, *, tracking_uri: str | None = None) -> tuple[Path, 
             version = client.get_model_version_by_alias(name, alias).version
         elif "/" in body:
             name, version = body.split("/", 1)
-    dst = Path(tempfile.mkdtemp(prefix="tierwise-model-"))
+    dst = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX))
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=turi)
     return Path(local), ModelRef(uri=uri, name=name, version=str(version) if version is not None else None)

@@ -1,10 +1,18 @@
-"""The routing decision rule: pure functions, no model, no I/O.
+"""The routing decision rules: pure functions, no model, no I/O.
 
-Given the predicted probability that each tier answers acceptably (tiers ordered cheapest first):
+Given the predicted probability that each tier answers acceptably (tiers ordered cheapest first), two rules share
+one quality knob ``threshold`` in [0, 1] (higher = safer and more expensive):
 
-1. route to the cheapest tier whose probability is at least ``threshold``;
-2. if no tier qualifies, route to the tier with the highest probability (the cheapest among equals);
-3. apply floors and ceilings: the role's floor (a planner never goes below the catalog's planning floor),
+* ``"threshold"``: route to the cheapest tier whose probability is at least ``threshold``; if no tier qualifies,
+  route to the tier with the highest probability (the cheapest among equals).
+* ``"utility"`` (expected utility): route to the tier maximising ``P(acceptable) - lam * relative_cost`` with
+  ``relative_cost = mean cost of the tier / mean cost of the top tier`` (from the training logs, stored in the
+  bundle) and ``lam = (1 - threshold) / threshold``: the knob says how much probability a tier must add to be
+  worth the top tier's price. ``threshold = 1`` is the highest probability (as in the threshold rule), ``0`` the
+  cheapest tier; ties go to the cheaper tier. Unlike the threshold rule it weighs what a more expensive tier adds
+  against what it costs, which is what traces the best cost-quality curve (see benchmarks/quality.py).
+
+Then floors and ceilings apply: the role's floor (a planner never goes below the catalog's planning floor),
    then ``min_tier`` and ``max_tier`` from the request (``max_tier`` wins over a floor: the caller's cost cap
    is a hard limit).
 
@@ -24,6 +32,7 @@ class Reason(str, Enum):
 
     CHEAPEST_MEETING_THRESHOLD = "cheapest_tier_meeting_threshold"
     NO_TIER_MEETS_THRESHOLD = "no_tier_meets_threshold"
+    BEST_EXPECTED_UTILITY = "best_expected_utility"
     PLANNER_FLOOR = "planner_floor"
     VERIFIER_FLOOR = "verifier_floor"
     RAISED_BY_MIN_TIER = "raised_by_min_tier"
@@ -31,6 +40,37 @@ class Reason(str, Enum):
 
 
 ROLES = ("single", "plan", "execute", "verify")
+RULES = ("threshold", "utility")
+
+
+def utility_lambda(threshold: float) -> float:
+    """Price of the top tier's cost in probability units for the utility rule: ``(1 - t) / t`` (inf at 0)."""
+    return float("inf") if threshold <= 0 else (1.0 - threshold) / threshold
+
+
+def relative_costs(tier_costs: np.ndarray | list[float] | None, n: int) -> np.ndarray:
+    """Tier costs divided by the top (last) tier's cost; catalog rank when no costs are known."""
+    if tier_costs is None:
+        c = np.arange(1, n + 1, dtype=float)
+    else:
+        c = np.asarray(tier_costs, dtype=float)
+        if c.shape != (n,):
+            raise ValueError(f"tier_costs must have {n} values, got shape {c.shape}")
+    top = c[-1] if c[-1] > 0 else (c.max() if c.max() > 0 else 1.0)
+    return c / top
+
+
+def utility_choice(p: np.ndarray, threshold: float, rel_cost: np.ndarray) -> np.ndarray:
+    """Utility-rule tier per row of ``p`` ``[n, T]`` (ties -> cheaper tier by relative cost, then lower index)."""
+    lam = utility_lambda(threshold)
+    if not np.isfinite(lam):
+        cheapest = int(np.lexsort((np.arange(rel_cost.size), rel_cost))[0])
+        return np.full(p.shape[0], cheapest, dtype=int)
+    u = np.where(np.isnan(p), -np.inf, p) - lam * rel_cost[None, :]
+    best = u.max(axis=1, keepdims=True)
+    tied = u >= best - 1e-12
+    key = np.where(tied, rel_cost[None, :], np.inf)
+    return key.argmin(axis=1).astype(int)
 
 
 @dataclass(frozen=True)
@@ -49,6 +89,8 @@ def decide(
     floor_reason: Reason = Reason.PLANNER_FLOOR,
     min_tier: int | None = None,
     max_tier: int | None = None,
+    rule: str = "threshold",
+    tier_costs: np.ndarray | list[float] | None = None,
 ) -> Choice:
     """Choose a tier for one prompt.
 
@@ -59,6 +101,8 @@ def decide(
         floor_reason: reason reported when ``floor`` raised the choice.
         min_tier: lowest tier index the caller allows.
         max_tier: highest tier index the caller allows (a hard cap).
+        rule: ``"threshold"`` or ``"utility"`` (see the module doc).
+        tier_costs: mean cost per tier (utility rule; default: catalog rank).
     """
     p = np.asarray(proba, dtype=float)
     if p.ndim != 1 or p.size == 0:
@@ -73,11 +117,17 @@ def decide(
     if lo > hi:
         raise ValueError(f"min_tier ({min_tier}) is above max_tier ({max_tier})")
 
-    meets = np.flatnonzero(p >= threshold)
-    if meets.size:
-        tier, reason = int(meets[0]), Reason.CHEAPEST_MEETING_THRESHOLD
+    if rule == "utility":
+        tier = int(utility_choice(p[None, :], threshold, relative_costs(tier_costs, n))[0])
+        reason = Reason.BEST_EXPECTED_UTILITY
+    elif rule == "threshold":
+        meets = np.flatnonzero(p >= threshold)
+        if meets.size:
+            tier, reason = int(meets[0]), Reason.CHEAPEST_MEETING_THRESHOLD
+        else:
+            tier, reason = int(np.argmax(p)), Reason.NO_TIER_MEETS_THRESHOLD
     else:
-        tier, reason = int(np.argmax(p)), Reason.NO_TIER_MEETS_THRESHOLD
+        raise ValueError(f"unknown decision rule {rule!r}; choose one of {', '.join(RULES)}")
     if tier < floor:
         tier, reason = floor, floor_reason
     if tier < lo:
@@ -94,15 +144,22 @@ def decide_batch(
     floors: np.ndarray | None = None,
     min_tier: int | None = None,
     max_tier: int | None = None,
+    rule: str = "threshold",
+    tier_costs: np.ndarray | list[float] | None = None,
 ) -> np.ndarray:
     """Vectorised :func:`decide` returning only the tier indices, shape ``[n]``."""
     p = np.asarray(proba, dtype=float)
     if p.ndim != 2:
         raise ValueError(f"proba must be 2-D [n, T], got shape {p.shape}")
     n, t = p.shape
-    meets = p >= threshold
-    any_meets = meets.any(axis=1)
-    tiers = np.where(any_meets, meets.argmax(axis=1), p.argmax(axis=1))
+    if rule == "utility":
+        tiers = utility_choice(p, threshold, relative_costs(tier_costs, t))
+    elif rule == "threshold":
+        meets = p >= threshold
+        any_meets = meets.any(axis=1)
+        tiers = np.where(any_meets, meets.argmax(axis=1), p.argmax(axis=1))
+    else:
+        raise ValueError(f"unknown decision rule {rule!r}; choose one of {', '.join(RULES)}")
     if floors is not None:
         tiers = np.maximum(tiers, floors)
     if min_tier is not None:

@@ -368,8 +368,9 @@ class RouteResponse(BaseModel):
     p_acceptable: dict[str, float] = Field(description="Predicted P(acceptable answer) per tier, cheapest first.")
     threshold: float
     reason: str = Field(
-        description="`cheapest_tier_meeting_threshold`, `no_tier_meets_threshold`, `planner_floor`, "
-        "`verifier_floor`, `raised_by_min_tier` or `clamped_by_max_tier`."
+        description="`best_expected_utility` (utility rule), `cheapest_tier_meeting_threshold` or "
+        "`no_tier_meets_threshold` (threshold rule), `planner_floor`, `verifier_floor`, `raised_by_min_tier` or "
+        "`clamped_by_max_tier`."
     )
     escalation: list[str] = Field(description="Tiers to try, in order, if the answer fails verification.")
     estimated_cost_usd: CostEstimate

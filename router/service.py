@@ -343,11 +343,12 @@ class ModelManager:
 
 def _remove_download(local: Path) -> None:
     """Delete the temp dir ``download_model`` created (the model is in memory and in the last-good copy)."""
-    tmp_root = Path(tempfile.gettempdir()).resolve()
-    for p in (local, *local.parents):
-        if p.name.startswith("tierwise-model-") and p.parent.resolve() == tmp_root:
-            shutil.rmtree(p, ignore_errors=True)
-            return
+    from router.core import download_root
+
+    try:
+        shutil.rmtree(download_root(local), ignore_errors=True)
+    except ValueError:
+        pass
 
 
 # ----------------------------------------------------------------------------------------------------------------

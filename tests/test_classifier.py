@@ -80,3 +80,20 @@ def test_wrong_shapes_raise() -> None:
     clf = TierClassifier(3, n_estimators=5).fit(X, Y)
     with pytest.raises(ValueError, match="features"):
         clf.predict_proba(X[:, :3])
+
+
+@pytest.mark.parametrize("with_groups", [False, True])
+def test_linear_layout_learns_and_roundtrips(tmp_path, with_groups: bool) -> None:
+    X, Y = _data(2500, 7)
+    Xc, Yc = _data(800, 8)
+    Xt, _ = _data(800, 9)
+    groups = np.where(X[:, 1] > 0, "a", "b") if with_groups else None
+    clf = TierClassifier(3, layout="linear").fit(X, Y, groups=groups).calibrate(Xc, Yc)
+    proba = clf.predict_proba(Xt)
+    assert proba.shape == (800, 3) and ((proba >= 0) & (proba <= 1)).all()
+    assert proba[:, 0].mean() < proba[:, 1].mean() < proba[:, 2].mean()
+    easy, hard = Xt[:, 0] < -1, Xt[:, 0] > 1
+    assert proba[easy, 0].mean() > proba[hard, 0].mean() + 0.3
+    clf.save(tmp_path / "lin")
+    again = TierClassifier.load(tmp_path / "lin")
+    assert np.allclose(again.predict_proba(Xt), proba)

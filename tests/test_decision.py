@@ -71,3 +71,31 @@ def test_escalation_path() -> None:
     assert escalation_path(1, 4) == [2, 3]
     assert escalation_path(3, 4) == []
     assert escalation_path(0, 4, max_tier=2) == [1, 2]
+
+
+def test_utility_rule_weighs_gain_against_relative_cost() -> None:
+    costs = [1.0, 2.0, 10.0]  # relative costs 0.1, 0.2, 1.0
+    p = np.array([0.70, 0.72, 0.95])
+    # threshold 0.9 -> lam 1/9: top tier adds 0.25 for 0.9 more relative cost (0.1 per unit needed) -> top
+    c = decide(p, 0.9, rule="utility", tier_costs=costs)
+    assert (c.tier, c.reason) == (2, Reason.BEST_EXPECTED_UTILITY)
+    # threshold 0.5 -> lam 1: nothing is worth its extra cost -> cheapest
+    assert decide(p, 0.5, rule="utility", tier_costs=costs).tier == 0
+    # the knob's ends: 1 = highest probability, 0 = cheapest tier
+    assert decide(p, 1.0, rule="utility", tier_costs=costs).tier == 2
+    assert decide(np.array([0.1, 0.9, 0.2]), 0.0, rule="utility", tier_costs=costs).tier == 0
+
+
+def test_utility_batch_matches_scalar_and_clamps() -> None:
+    rng = np.random.default_rng(1)
+    p = rng.random((300, 4))
+    costs = [1.0, 3.0, 5.0, 20.0]
+    for thr in (0.0, 0.5, 0.9, 0.99, 1.0):
+        batch = decide_batch(p, thr, rule="utility", tier_costs=costs)
+        assert batch.tolist() == [decide(row, thr, rule="utility", tier_costs=costs).tier for row in p]
+    assert decide(np.array([0.1, 0.2, 0.3, 0.99]), 1.0, rule="utility", tier_costs=costs, max_tier=2).tier == 2
+
+
+def test_unknown_rule_raises() -> None:
+    with pytest.raises(ValueError, match="rule"):
+        decide(np.array([0.5, 0.6]), 0.5, rule="nope")

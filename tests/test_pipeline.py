@@ -173,3 +173,18 @@ def test_models_outside_catalog_are_ignored_with_one_warning(caplog: pytest.LogC
     prepared = prepare_data(pd.concat([log, extra], ignore_index=True), demo_catalog())
     msgs = [w for w in prepared.warnings if "not in the catalog" in w]
     assert len(msgs) == 1 and "someone-elses-model" in msgs[0]
+
+
+def test_cli_route_prints_a_decision(trained, store: str) -> None:
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    res = CliRunner().invoke(
+        app, ["route", "Write a haiku about routers.", "--model-uri", f"models:/{NAME}/1", "--tracking-uri", store]
+    )
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["tier"] in demo_catalog().tier_names
+    assert set(out["probabilities"]) == set(demo_catalog().tier_names)
+    assert out["router_version"] == f"{NAME}/1"

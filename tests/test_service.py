@@ -130,7 +130,8 @@ def test_route_prompt_fields_and_headers(client: httpx.Client) -> None:
     d = r.json()
     assert d["tier"] in TIERS and d["model"] == demo_catalog().tier(d["tier"]).model
     assert list(d["p_acceptable"]) == TIERS and all(0 <= p <= 1 for p in d["p_acceptable"].values())
-    assert d["reason"] in ("cheapest_tier_meeting_threshold", "no_tier_meets_threshold")
+    # the default rule is expected utility (see router/decision.py); the threshold rule's reasons are kept
+    assert d["reason"] in ("best_expected_utility", "cheapest_tier_meeting_threshold", "no_tier_meets_threshold")
     assert d["escalation"] == TIERS[TIERS.index(d["tier"]) + 1 :]
     assert d["role"] == "single" and d["router_version"] == f"{NAME}/1" and d["latency_ms"] > 0
     cost = d["estimated_cost_usd"]
@@ -162,7 +163,7 @@ def test_messages_route_on_last_user_turn_with_context(client: httpx.Client) -> 
 def test_routing_knobs(client: httpx.Client) -> None:
     p = "Summarise the causes of the French Revolution in three bullet points."
     cheapest = route(client, prompt=p, threshold=0.0).json()
-    assert cheapest["tier"] == TIERS[0] and cheapest["reason"] == "cheapest_tier_meeting_threshold"
+    assert cheapest["tier"] == TIERS[0] and cheapest["reason"] == "best_expected_utility"
     assert cheapest["threshold"] == 0.0
     capped = route(client, prompt=p, threshold=1.0, max_tier=TIERS[1]).json()
     assert capped["tier"] == TIERS[1] and capped["reason"] == "clamped_by_max_tier" and capped["escalation"] == []
@@ -240,7 +241,7 @@ BAD = [
     ("threshold above 1", {"prompt": "x", "threshold": 1.5}, 422, "threshold"),
     ("threshold below 0", {"prompt": "x", "threshold": -0.1}, 422, "threshold"),
     ("threshold and target", {"prompt": "x", "threshold": 0.5, "quality_target": 0.9}, 422, "quality_target"),
-    ("target without table", {"prompt": "x", "quality_target": 0.9}, 422, "quality_target"),
+    ("target not positive", {"prompt": "x", "quality_target": 0}, 422, "quality_target"),
     ("unknown field", {"prompt": "x", "max_teir": "small"}, 422, "max_teir"),
     ("bad latency tolerance", {"prompt": "x", "latency_tolerance": "whenever"}, 422, "latency_tolerance"),
     ("not an object", [1, 2], 422, "body"),
@@ -604,6 +605,16 @@ def test_schema_text_cleaning_and_context() -> None:
     req = RouteRequest(messages=[{"role": "user", "content": long_first}, {"role": "user", "content": "and then?"}])
     assert req.routing_text() == "x" * CONTEXT_CHARS + "\n\nand then?"
     assert req.billed_chars() == 1000 + len("and then?")
+
+
+def test_quality_target_served_from_the_trained_table(client: httpx.Client) -> None:
+    targets = client.get("/v1/tiers").json()["quality_targets"]
+    assert targets, "training stores a quality_target -> threshold table"
+    r = client.post("/v1/route", json={"prompt": "Summarise this memo in two lines.", "quality_target": targets[0]})
+    assert r.status_code == 200, r.text
+    assert 0.0 <= r.json()["threshold"] <= 1.0
+    r = client.post("/v1/route", json={"prompt": "x", "quality_target": min(1.5, targets[-1] + 0.001)})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "quality_target"
 
 
 def test_quality_target_maps_through_the_threshold_table() -> None:

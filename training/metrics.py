@@ -60,6 +60,7 @@ __all__ = [
     "single_tier_points",
     "threshold_curve",
     "two_tier_curve",
+    "utility_curve",
     "zero_router",
 ]
 
@@ -361,6 +362,43 @@ def threshold_curve(
     for t in range(n_tiers):
         out[f"share_t{t}"] = share[:, t]
     return out
+
+
+def utility_curve(
+    proba: ArrayLike,
+    score: ArrayLike,
+    cost: ArrayLike,
+    tier_costs: ArrayLike | None,
+    thresholds: ArrayLike | None = None,
+    min_tier: int = 0,
+    max_tier: int | None = None,
+) -> pd.DataFrame:
+    """Sweep the knob of the expected-utility rule (``router.decision``, ``rule="utility"``): same columns as
+    :func:`threshold_curve`. Default knobs: 201 uniform points on [0, 1] plus ``1 / (1 + lam)`` for 401
+    geometrically spaced ``lam`` in [1e-4, 1e4] (the utility rule's price of the top tier's cost)."""
+    from router.decision import decide_batch
+
+    p = _matrix(proba, "proba")
+    s = _matrix(score, "score")
+    c = _matrix(cost, "cost")
+    _same_shape(proba=p, score=s, cost=c)
+    _require_complete(s, c)
+    n, n_tiers = s.shape
+    if n == 0:
+        raise ValueError("no prompts to evaluate")
+    if thresholds is None:
+        lams = np.geomspace(1e-4, 1e4, 401)
+        thr = np.unique(np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 / (1.0 + lams)]))
+    else:
+        thr = np.unique(np.asarray(thresholds, dtype=float))
+    rows = np.arange(n)
+    records = []
+    for t in thr:
+        ch = decide_batch(p, float(t), min_tier=min_tier or None, max_tier=max_tier, rule="utility", tier_costs=tier_costs)
+        share = np.bincount(ch, minlength=n_tiers) / n
+        records.append([float(t), float(s[rows, ch].mean()), float(c[rows, ch].mean()), *share])
+    cols = ["threshold", "quality", "cost", *(f"share_t{k}" for k in range(n_tiers))]
+    return pd.DataFrame(records, columns=cols)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -903,6 +941,9 @@ def evaluate_router(
     max_tier: int | None = None,
     thresholds: ArrayLike | None = None,
     n_bins: int = 10,
+    rule: str = "threshold",
+    tier_costs: ArrayLike | None = None,
+    two_tier_score: ArrayLike | None = None,
 ) -> EvaluationReport:
     """Evaluate a router's probabilities on a complete test set and bundle every metric.
 
@@ -912,7 +953,11 @@ def evaluate_router(
     the common range [cheapest, most expensive single tier by mean cost]; the oracle is the NDCH of
     :func:`oracle_curve`, the RouterBench oracle point and the single tiers, so ``aiq_oracle >= aiq_zero``.
     Cost at 95%/100% of the best single tier's quality is a fraction of the always-top-tier (last index) cost.
-    The two-tier view compares tier 0 with the top tier, with router score ``1 - P(tier 0 acceptable)``.
+    The two-tier view compares tier 0 with the top tier, with router score ``two_tier_score`` (default
+    ``1 - P(tier 0 acceptable)``; a router using the utility rule passes ``P(top) - P(tier 0)``, the quantity its
+    rule compares with the price when there are two tiers).
+    ``rule`` / ``tier_costs``: the decision rule whose knob is swept (``"threshold"``: :func:`threshold_curve`;
+    ``"utility"``: :func:`utility_curve` with the tiers' mean costs) and applied at ``default_threshold``.
     """
     p = _matrix(proba, "proba")
     s = _matrix(score, "score")
@@ -931,7 +976,12 @@ def evaluate_router(
     lab = oracle_choice(s, c, acc) if label is None else np.asarray(label, dtype=np.int64)
     lab = np.where(acc.any(axis=1), lab, -1)  # best-effort labels of hopeless prompts: own confusion row
 
-    curve = threshold_curve(p, s, c, thresholds, min_tier=min_tier, max_tier=max_tier)
+    if rule == "utility":
+        curve = utility_curve(p, s, c, tier_costs, thresholds, min_tier=min_tier, max_tier=max_tier)
+    elif rule == "threshold":
+        curve = threshold_curve(p, s, c, thresholds, min_tier=min_tier, max_tier=max_tier)
+    else:
+        raise ValueError(f"unknown decision rule {rule!r}")
     singles = single_tier_points(s, c)
     singles.insert(1, "name", names)
     c_min, c_max = float(singles["cost"].min()), float(singles["cost"].max())
@@ -953,9 +1003,17 @@ def evaluate_router(
         for label_, frac in (("95", 0.95), ("100", 1.0))
     }
 
-    two = two_tier_curve(1.0 - np.nan_to_num(p[:, 0], nan=0.0), s[:, 0], s[:, -1])
+    tts = 1.0 - np.nan_to_num(p[:, 0], nan=0.0) if two_tier_score is None else np.asarray(two_tier_score, float)
+    two = two_tier_curve(tts, s[:, 0], s[:, -1])
     x, y = two["strong_share"].to_numpy(), two["quality"].to_numpy()
-    choice = choose_tiers(p, default_threshold, min_tier=min_tier, max_tier=max_tier)
+    if rule == "utility":
+        from router.decision import decide_batch
+
+        choice = decide_batch(
+            p, default_threshold, min_tier=min_tier or None, max_tier=max_tier, rule="utility", tier_costs=tier_costs
+        )
+    else:
+        choice = choose_tiers(p, default_threshold, min_tier=min_tier, max_tier=max_tier)
     return EvaluationReport(
         tier_names=names,
         n_prompts=n,

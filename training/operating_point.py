@@ -15,13 +15,26 @@ def threshold_grid(proba: np.ndarray, max_points: int = 400) -> np.ndarray:
     return np.unique(np.concatenate([[0.0, 1.0], np.clip(qs, 0, 1)]))
 
 
-def choose_threshold(
-    proba: np.ndarray, score: np.ndarray, cost: np.ndarray, quality_target: float
-) -> tuple[float, str]:
-    """Cheapest threshold whose realised quality reaches ``quality_target`` x the best single tier's quality.
+def utility_grid(max_points: int = 400) -> np.ndarray:
+    """Candidate knobs for the utility rule: ``1 / (1 + lam)`` for geometric ``lam`` in [1e-4, 1e4], plus 0 and 1."""
+    lams = np.geomspace(1e-4, 1e4, max_points)
+    return np.unique(np.concatenate([[0.0, 1.0], 1.0 / (1.0 + lams)]))
 
-    Evaluated on rows where every tier was tried. If no threshold reaches the target, the threshold with the
-    highest quality is returned and the note says so.
+
+def choose_threshold(
+    proba: np.ndarray,
+    score: np.ndarray,
+    cost: np.ndarray,
+    quality_target: float,
+    *,
+    rule: str = "threshold",
+    tier_costs: np.ndarray | None = None,
+) -> tuple[float, str]:
+    """Cheapest knob value whose realised quality reaches ``quality_target`` x the best single tier's quality.
+
+    Evaluated on rows where every tier was tried, with the decision rule the router uses (``rule``, and the tiers'
+    mean costs for the utility rule). If no value reaches the target, the one with the highest quality is
+    returned and the note says so.
     """
     rows = ~np.isnan(score).any(axis=1) & ~np.isnan(cost).any(axis=1)
     if rows.sum() < 10:
@@ -32,8 +45,9 @@ def choose_threshold(
     idx = np.arange(len(p))
     best: tuple[float, float, float] | None = None  # (cost, -quality, threshold)
     fallback: tuple[float, float, float] | None = None  # (-quality, cost, threshold)
-    for thr in threshold_grid(p):
-        choice = decide_batch(p, float(thr))
+    grid = utility_grid() if rule == "utility" else threshold_grid(p)
+    for thr in grid:
+        choice = decide_batch(p, float(thr), rule=rule, tier_costs=tier_costs)
         q, k = float(s[idx, choice].mean()), float(c[idx, choice].mean())
         if q >= target - 1e-12 and (best is None or (k, -q) < best[:2]):
             best = (k, -q, float(thr))

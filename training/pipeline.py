@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -44,8 +44,16 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     encoder: str = Field("minilm-onnx-int8", description="Encoder name (see router.encoders.build_encoder).")
+    encoder_max_tokens: int = Field(256, ge=8, description="Tokens the encoder sees per prompt (specials included).")
+    encoder_head_tokens: int = Field(32, ge=0, description="Tokens kept from the start of a long prompt.")
     structural_features: bool = True
-    layout: Layout = "stacked"
+    layout: Layout = Field("linear", description="Classifier layout: linear (default), stacked or per_tier (LightGBM).")
+    task_groups: bool = Field(
+        True, description="linear layout: learn the group prior from the log's task column when it has one."
+    )
+    decision_rule: Literal["threshold", "utility"] = Field(
+        "utility", description="Decision rule stored in the bundle (router.decision): utility or threshold."
+    )
     n_estimators: int = Field(300, ge=1)
     calibration: CalibrationKind = "sigmoid"
     lgbm_params: dict[str, Any] = Field(default_factory=dict)
@@ -79,6 +87,20 @@ class FittedRouter:
     features: np.ndarray
     """Feature matrix for every labelled prompt (rows aligned with ``labelled.prompts``)."""
     embeddings: np.ndarray
+    decision_rule: str = "threshold"
+    tier_costs: list[float] | None = None
+    """Mean cost per tier on the training prompts (the utility rule's prices)."""
+
+    threshold_table: list[dict[str, float]] = field(default_factory=list)
+    """Knob value per reachable quality target on the calibration split (serves ``quality_target`` requests)."""
+
+    def decision_info(self) -> dict[str, Any]:
+        """What the bundle stores so that serving applies the same rule (``BundleMeta.training``)."""
+        return {
+            "decision_rule": self.decision_rule,
+            "tier_costs": self.tier_costs,
+            "threshold_table": self.threshold_table,
+        }
 
     def feature_spec(self) -> FeatureSpec:
         return FeatureSpec(embedding=True, structural=list(FEATURE_NAMES) if self.config.structural_features else [])
@@ -193,7 +215,9 @@ def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, pro
 
     config = config or TrainConfig()
     lab = prepared.labelled
-    encoder = build_encoder(config.encoder, threads=2)  # two single-threaded calls in parallel; same vectors
+    encoder = build_encoder(  # two single-threaded calls in parallel; same vectors
+        config.encoder, threads=2, max_tokens=config.encoder_max_tokens, head_tokens=config.encoder_head_tokens
+    )
     p = lab.prompts
     roles = [None if pd.isna(r) else str(r) for r in p["role"]]
     X, emb = build_features(encoder, p["prompt"].astype(str).tolist(), roles, config.structural_features, progress)
@@ -207,14 +231,46 @@ def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, pro
         calibration=config.calibration,
         params=config.lgbm_params,
         random_state=config.seed,
+        n_embedding=emb.shape[1],
     )
+    groups = None
+    if config.layout == "linear" and config.task_groups and p["task"].notna().any():
+        groups = p["task"].to_numpy(dtype=object)[tr]
     log.info("fitting %s classifier on %d prompts (%d features)", config.layout, int(tr.sum()), X.shape[1])
-    clf.fit(X[tr], lab.acceptable[tr])
+    if config.layout == "linear":
+        clf.fit(X[tr], lab.acceptable[tr], groups=groups)
+    else:
+        clf.fit(X[tr], lab.acceptable[tr])
     clf.calibrate(X[ca], lab.acceptable[ca])
     proba_cal = clf.predict_proba(X[ca])
-    threshold, note = choose_threshold(proba_cal, lab.score[ca], lab.cost[ca], config.quality_target)
-    log.info("default threshold %.4f: %s", threshold, note)
-    return FittedRouter(prepared.catalog, config, encoder, clf, threshold, note, X, emb)
+    fit_rows = tr | ca
+    tier_costs = [float(v) for v in np.nan_to_num(np.nanmean(lab.cost[fit_rows], axis=0), nan=0.0)]
+    threshold, note = choose_threshold(
+        proba_cal, lab.score[ca], lab.cost[ca], config.quality_target,
+        rule=config.decision_rule, tier_costs=np.asarray(tier_costs),
+    )
+    log.info("default threshold %.4f (%s rule): %s", threshold, config.decision_rule, note)
+    table = threshold_table(
+        proba_cal, lab.score[ca], lab.cost[ca], rule=config.decision_rule, tier_costs=np.asarray(tier_costs)
+    )
+    return FittedRouter(
+        prepared.catalog, config, encoder, clf, threshold, note, X, emb, config.decision_rule, tier_costs, table
+    )
+
+
+QUALITY_TARGETS = (0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0)
+
+
+def threshold_table(
+    proba: np.ndarray, score: np.ndarray, cost: np.ndarray, *, rule: str, tier_costs: np.ndarray
+) -> list[dict[str, float]]:
+    """Knob value for each quality target (share of the best single tier) that the calibration split reaches."""
+    rows = []
+    for target in QUALITY_TARGETS:
+        thr, note = choose_threshold(proba, score, cost, target, rule=rule, tier_costs=tier_costs)
+        if note.startswith("cheapest"):
+            rows.append({"quality_target": target, "threshold": float(thr)})
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -226,7 +282,7 @@ def evaluate(prepared: PreparedData, fitted: FittedRouter, proba_test: np.ndarra
     Returns a :class:`training.metrics.EvaluationReport`, or None when the test split has no complete prompts.
     """
     from training.baselines import knn_proba
-    from training.metrics import evaluate_router, threshold_curve
+    from training.metrics import evaluate_router, threshold_curve, utility_curve
 
     lab = prepared.labelled
     split = lab.prompts["split"].to_numpy()
@@ -238,7 +294,12 @@ def evaluate(prepared: PreparedData, fitted: FittedRouter, proba_test: np.ndarra
     if proba_test is None:
         proba_test = fitted.classifier.predict_proba(fitted.features[te])
     knn = knn_proba(fitted.embeddings[tr], lab.acceptable[tr], fitted.embeddings[te], k=fitted.config.knn_k)
-    knn_curve = threshold_curve(knn, lab.score[te], lab.cost[te])
+    rule, costs = fitted.decision_rule, fitted.tier_costs
+    # the kNN baseline routes with the same decision rule as the router
+    if rule == "utility":
+        knn_curve = utility_curve(knn, lab.score[te], lab.cost[te], costs)
+    else:
+        knn_curve = threshold_curve(knn, lab.score[te], lab.cost[te])
     return evaluate_router(
         proba_test,
         lab.score[te],
@@ -248,7 +309,20 @@ def evaluate(prepared: PreparedData, fitted: FittedRouter, proba_test: np.ndarra
         fitted.threshold,
         lab.tier_names,
         extra_curves={"knn": (knn_curve["cost"].to_numpy(), knn_curve["quality"].to_numpy())},
+        rule=rule,
+        tier_costs=costs,
+        two_tier_score=two_tier_score(proba_test, rule),
     )
+
+
+def two_tier_score(proba: np.ndarray, rule: str) -> np.ndarray:
+    """Score ranking prompts for the strong (top) tier in the two-tier view, as the decision rule uses it.
+
+    The utility rule sends a prompt to the top tier rather than tier 0 when ``P(top) - P(tier 0)`` exceeds the
+    price, so that uplift is its score; the threshold rule escalates when ``P(tier 0)`` is low: ``1 - P(tier 0)``.
+    """
+    p = np.nan_to_num(np.asarray(proba, float), nan=0.0)
+    return p[:, -1] - p[:, 0] if rule == "utility" else 1.0 - p[:, 0]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -266,7 +340,7 @@ def save_bundle(
         quality_target=fitted.config.quality_target,
         threshold_note=fitted.threshold_note,
         metrics={k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)},
-        training=training_info,
+        training={**training_info, **fitted.decision_info()},
     )
     return write_bundle(directory, meta, {"encoder": fitted.encoder.save, "classifier": fitted.classifier.save})
 
@@ -379,8 +453,11 @@ def champion_aiq(name: str, version: str, prepared: PreparedData, turi: str) -> 
     p = lab.prompts.loc[te]
     roles = [None if pd.isna(r) else str(r) for r in p["role"]]
     proba = champion.predict_proba_array(p["prompt"].astype(str).tolist(), roles)
+    rule = champion.meta.training.get("decision_rule", "threshold")
     rep = evaluate_router(
         proba, lab.score[te], lab.cost[te], lab.acceptable[te] > 0.5, None, champion.threshold, lab.tier_names,
+        rule=rule, tier_costs=champion.meta.training.get("tier_costs"),
+        two_tier_score=two_tier_score(proba, rule),
     )
     return float(rep.metrics()["aiq"])
 

@@ -51,8 +51,22 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = default_artifact_root() if tracking_uri.startswith("sqlite:") else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=artifact_location_for(tracking_uri))
+
+
+def artifact_location_for(tracking_uri: str) -> str | None:
+    """Artifacts of a local SQLite store live beside the database file (``<db dir>/mlartifacts``), not in the cwd.
+
+    A server (http/https/databricks URIs) decides its own artifact location, so None is returned for those.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri[len("sqlite:///") :])
+    if not db.is_absolute():
+        return default_artifact_root()
+    root = db.parent / "mlartifacts"
+    root.mkdir(parents=True, exist_ok=True)
+    return root.as_uri()
 
 
 def pip_requirements(encoder_kind: str) -> list[str]:

@@ -1,0 +1,92 @@
+"""The tierwise CLI: one-line errors with a non-zero exit, label export, catalog drafting, real-data options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from router.catalog import Catalog
+from training.cli import app
+from training.demo import demo_log, write_demo_log
+
+runner = CliRunner()
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_bad_log_exits_non_zero_with_one_line_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"prompt_id": ["a"], "prompt": ["hi"], "model": ["demo-nano"], "score": [1.7]}).to_csv(bad, index=False)
+    res = runner.invoke(app, ["train", "--data", str(bad), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "-q"])
+    assert res.exit_code == 2
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+    assert "bad.csv" in err[0] and "score" in err[0]
+
+
+def test_train_needs_data_or_demo() -> None:
+    res = runner.invoke(app, ["train"])
+    assert res.exit_code == 2 and "exactly one of --data PATH or --demo" in res.stderr
+
+
+def test_missing_file_and_bad_catalog(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["label", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o.csv")])
+    assert res.exit_code == 2 and "nope.csv" in res.stderr
+    cat = tmp_path / "cat.yaml"
+    cat.write_text("tiers: [{name: a}]\n")
+    res = runner.invoke(app, ["catalog", "check", str(cat)])
+    assert res.exit_code == 2 and "tiers.0.model" in res.stderr
+
+
+def test_label_exports_one_row_per_prompt(tmp_path: Path) -> None:
+    log = tmp_path / "demo.jsonl"
+    write_demo_log(log, n_prompts=300, seed=2)
+    out = tmp_path / "labelled.parquet"
+    res = runner.invoke(app, ["label", "--data", str(log), "--out", str(out)])
+    assert res.exit_code == 0, res.stderr
+    df = pd.read_parquet(out)
+    assert len(df) == demo_log(n_prompts=300, seed=2)["prompt_id"].nunique()
+    assert {"label_tier", "no_acceptable", "score__nano", "cost_usd__large"} <= set(df.columns)
+    assert "label share" in res.stdout
+
+
+def test_catalog_init_drafts_ordered_tiers(tmp_path: Path) -> None:
+    log = tmp_path / "demo.csv"
+    write_demo_log(log, n_prompts=200, seed=1)
+    out = tmp_path / "drafted.yaml"
+    res = runner.invoke(app, ["catalog", "init", "--data", str(log), "--out", str(out)])
+    assert res.exit_code == 0, res.stderr
+    cat = Catalog.from_yaml(out)
+    assert cat.models == ["demo-nano", "demo-small", "demo-medium", "demo-large"]
+    again = runner.invoke(app, ["catalog", "init", "--data", str(log), "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.stderr
+
+
+@pytest.mark.skipif(not (SHARED / "routerbench-3task").is_dir(), reason="shared routing data not present")
+def test_real_logs_are_accepted_with_options_only(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    res = runner.invoke(
+        app,
+        [
+            "label", "--data", str(SHARED / "routerbench-3task" / "routerbench_3task_wide.parquet"),
+            "--format", "wide", "--columns", "sample_id=prompt_id,eval_name=task,routerdc_split=split",
+            "--score-pattern", "perf__{model}", "--cost-pattern", "cost_usd__{model}",
+            "--catalog", str(repo / "benchmarks" / "catalogs" / "routerbench-3task.yaml"),
+            "--out", str(tmp_path / "rb.parquet"),
+        ],
+    )
+    assert res.exit_code == 0, res.stderr
+    assert len(pd.read_parquet(tmp_path / "rb.parquet")) == 3150
+    res = runner.invoke(
+        app,
+        [
+            "label", "--data", str(SHARED / "routellm-evals" / "routellm_evals_long.parquet"),
+            "--where", "contaminated == False and task == 'gsm8k'",
+            "--catalog", str(repo / "benchmarks" / "catalogs" / "routellm.yaml"),
+            "--out", str(tmp_path / "gsm.parquet"),
+        ],
+    )
+    assert res.exit_code == 0, res.stderr
+    assert 1000 < len(pd.read_parquet(tmp_path / "gsm.parquet")) <= 1319
