@@ -54,6 +54,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from router.decision import ROLES  # one list of roles for logs, routing and serving
+
 __all__ = [
     "CANONICAL_COLUMNS",
     "LogFileNotFoundError",
@@ -85,7 +87,6 @@ CANONICAL_COLUMNS = (
     "split",
     "timestamp",
 )
-ROLES = ("single", "plan", "execute", "verify")
 SPLITS = ("train", "calibration", "test")
 SPLIT_ALIASES: dict[str, str] = {
     "train": "train",
