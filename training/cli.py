@@ -47,12 +47,11 @@ def _fail(exc: BaseException) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("tierwise").setLevel(logging.INFO)
+    # Third-party libraries log through the root logger (onnxruntime's quantiser prints per-tensor INFO lines):
+    # keep the root at WARNING and only tierwise's own loggers at INFO.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for ours in ("tierwise", "router", "training"):
+        logging.getLogger(ours).setLevel(logging.INFO if verbose else logging.WARNING)
     for noisy in ("mlflow", "alembic", "urllib3", "httpx", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
