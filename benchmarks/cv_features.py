@@ -1,0 +1,57 @@
+"""Cross-validation on the NON-test prompts of the shared datasets: structural features on vs off.
+
+    python benchmarks/cv_features.py [--datasets routerbench-3task,llmrouter-nim9,routellm-gsm8k,routellm-mmlu]
+                                     [--folds 3]
+
+Each dataset's own test split is dropped; the rest is split into seeded folds by prompt id, and every fold is
+evaluated once as the test split (the pipeline carves its calibration split out of the remaining prompts). Prints
+the mean gap closed, two-tier APGR and cost at 95% per dataset and setting. Used to decide a default without
+looking at the test splits that benchmarks/quality.py reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality_data as QD  # noqa: E402
+
+from training.pipeline import TrainConfig, evaluate, fit_router, prepare_data  # noqa: E402
+
+DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="routerbench-3task,llmrouter-nim9,routellm-gsm8k,routellm-mmlu")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--shared-dir", type=Path, default=DEFAULT_SHARED)
+    args = ap.parse_args(argv)
+    if not args.shared_dir.is_dir():
+        print(f"error: shared data not found at {args.shared_dir} (use --shared-dir)", file=sys.stderr)
+        return 2
+    rows = []
+    for name in args.datasets.split(","):
+        df, catalog = QD.DATASETS[name].load(args.shared_dir)
+        df = df[df["split"] != "test"].copy()
+        fold = df["prompt_id"].map(lambda s: int(hashlib.sha1(f"cv:{s}".encode()).hexdigest()[:8], 16) % args.folds)
+        for k in range(args.folds):
+            fold_df = df.assign(split=np.where(fold == k, "test", "train"))
+            for structural in (True, False):
+                cfg = TrainConfig(structural_features=structural)
+                prepared = prepare_data(fold_df, catalog, config=cfg)
+                m = evaluate(prepared, fit_router(prepared, cfg, progress=False)).metrics()
+                rows.append((name, structural, m["gap_closed"], m.get("apgr", np.nan), m["cost_at_95pct"]))
+    res = pd.DataFrame(rows, columns=["dataset", "structural features", "gap closed", "APGR", "cost @95%"])
+    print(res.groupby(["dataset", "structural features"]).mean().round(3).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
