@@ -432,30 +432,10 @@ def export_log(path: str | Path, out: str | Path | None = None) -> tuple[Any, Ex
     rows, summary = export_rows(path)
     frame = pd.DataFrame(rows, columns=list(EXPORT_COLUMNS))
     if out is not None:
-        _write_frame(frame, Path(out))
+        from router.atomic_io import write_frame_atomic
+
+        write_frame_atomic(frame, Path(out))
     return frame, summary
-
-
-def _write_frame(frame: Any, out: Path) -> None:
-    import os
-    import tempfile
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    name = out.name.lower()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        if name.endswith((".parquet", ".pq")):
-            frame.to_parquet(tmp, index=False)
-        elif name.endswith((".csv", ".csv.gz")):
-            frame.to_csv(tmp, index=False, compression="gzip" if name.endswith(".gz") else None)
-        elif name.endswith((".jsonl", ".ndjson")):
-            frame.to_json(tmp, orient="records", lines=True, force_ascii=True)
-        else:
-            raise ValueError(f"{out}: unsupported output extension (use .csv, .csv.gz, .jsonl or .parquet)")
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def iter_decisions(path: str | Path) -> Iterable[dict[str, Any]]:

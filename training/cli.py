@@ -174,7 +174,9 @@ def label(
 
         prepared = prepare_data(data, catalog, _log_options(fmt, columns, score_pattern, cost_pattern, where))
         frame = prepared.labelled.to_frame()
-        _write_frame(frame, out)
+        from router.atomic_io import write_frame_atomic
+
+        write_frame_atomic(frame, out)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
         return
@@ -182,27 +184,6 @@ def label(
     typer.echo(f"wrote {len(frame)} labelled prompts to {out}")
     typer.echo("label share: " + ", ".join(f"{k}={v:.1%}" for k, v in s["label_share"].items()))
     typer.echo(f"no acceptable tier: {s['no_acceptable_share']:.1%}")
-
-
-def _write_frame(frame: Any, out: Path) -> None:
-    import tempfile
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(out.suffixes[-2:]) if out.name.endswith(".gz") else out.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        if suffix in (".parquet", ".pq"):
-            frame.to_parquet(tmp, index=False)
-        elif suffix in (".csv", ".csv.gz"):
-            frame.to_csv(tmp, index=False, compression="gzip" if suffix.endswith(".gz") else None)
-        elif suffix in (".jsonl", ".ndjson"):
-            frame.to_json(tmp, orient="records", lines=True)
-        else:
-            raise ValueError(f"{out}: unsupported output extension {suffix!r} (use .csv, .parquet or .jsonl)")
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 @catalog_app.command("init")

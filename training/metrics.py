@@ -309,6 +309,18 @@ def _default_thresholds(values: np.ndarray, proba: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate(grid))
 
 
+def _curve_inputs(proba: np.ndarray, score: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated float matrices for a curve sweep: same shapes, complete score/cost, at least one prompt."""
+    p = _matrix(proba, "proba")
+    s = _matrix(score, "score")
+    c = _matrix(cost, "cost")
+    _same_shape(proba=p, score=s, cost=c)
+    _require_complete(s, c)
+    if s.shape[0] == 0:
+        raise ValueError("no prompts to evaluate")
+    return p, s, c
+
+
 def threshold_curve(
     proba: ArrayLike,
     score: ArrayLike,
@@ -323,14 +335,8 @@ def threshold_curve(
     thresholds: 201 uniform points on [0, 1] plus 201 quantiles of the points where some prompt's choice changes,
     plus one threshold above every probability (the argmax end of the curve).
     """
-    p = _matrix(proba, "proba")
-    s = _matrix(score, "score")
-    c = _matrix(cost, "cost")
-    _same_shape(proba=p, score=s, cost=c)
-    _require_complete(s, c)
+    p, s, c = _curve_inputs(proba, score, cost)
     n, n_tiers = s.shape
-    if n == 0:
-        raise ValueError("no prompts to evaluate")
     hi = n_tiers - 1 if max_tier is None else max_tier
     if not 0 <= min_tier <= hi <= n_tiers - 1:
         raise ValueError(f"need 0 <= min_tier <= max_tier <= {n_tiers - 1}, got {min_tier}, {max_tier}")
@@ -378,14 +384,8 @@ def utility_curve(
     geometrically spaced ``lam`` in [1e-4, 1e4] (the utility rule's price of the top tier's cost)."""
     from router.decision import decide_batch
 
-    p = _matrix(proba, "proba")
-    s = _matrix(score, "score")
-    c = _matrix(cost, "cost")
-    _same_shape(proba=p, score=s, cost=c)
-    _require_complete(s, c)
+    p, s, c = _curve_inputs(proba, score, cost)
     n, n_tiers = s.shape
-    if n == 0:
-        raise ValueError("no prompts to evaluate")
     if thresholds is None:
         lams = np.geomspace(1e-4, 1e4, 401)
         thr = np.unique(np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 / (1.0 + lams)]))

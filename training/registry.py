@@ -7,7 +7,6 @@ it only after the new version proved at least as good as the current champion on
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -96,13 +95,6 @@ def log_router_model(bundle_dir: Path, *, registered_name: str | None, encoder_k
         registered_model_name=registered_name,
     )
     return None if registered_name is None else str(info.registered_model_version)
-
-
-@dataclass(frozen=True)
-class AliasInfo:
-    name: str
-    alias: str
-    version: str | None
 
 
 def alias_version(name: str, alias: str, tracking_uri: str) -> str | None:
