@@ -87,6 +87,13 @@ class ServiceMetrics:
             **mode,
         )
 
+        self.frozen_objects = Gauge(
+            "tierwise_gc_frozen_objects",
+            "Objects moved to the permanent GC generation after the last model load (0: heap freezing is off).",
+            registry=r,
+            **mode,
+        )
+
     def set_model(self, router_version: str, degraded: bool) -> None:
         self.model_info.clear()
         self.model_info.labels(router_version=router_version, degraded=str(degraded).lower()).set(1)

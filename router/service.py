@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import hmac
 import json
 import logging
@@ -533,6 +534,7 @@ class Service:
         self.model = await asyncio.to_thread(self.manager.load_initial)
         self.metrics.set_model(self.model.label, self.model.degraded)
         self.dlog.start()
+        self._settle_heap()
         await self.batcher.start()
         if s.poll_seconds > 0:
             self._poll_task = asyncio.create_task(self._poll(), name="tierwise-poll")
@@ -545,6 +547,21 @@ class Service:
             s.decision_log_path,
             "stored" if s.store_prompts else "hashed",
         )
+
+    def _settle_heap(self) -> None:
+        """Collect garbage once, then move every surviving object to the permanent generation (``gc.freeze``).
+
+        The model, MLflow and the web stack leave ~10^6 long-lived objects on the heap; without this, each full
+        collection scans them all and stalls every in-flight request for 100+ ms (the p99 under load). Called after
+        start-up and after each reload (unfreezing first, so an old model's reference cycles are still freed);
+        that one collection is the only pause. ``TIERWISE_FREEZE_HEAP=false`` turns it off.
+        """
+        if not self.settings.freeze_heap:
+            return
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self.metrics.frozen_objects.set(gc.get_freeze_count())
 
     async def shutdown(self) -> None:
         if self._poll_task is not None:
@@ -578,6 +595,7 @@ class Service:
             self.metrics.reloads.labels(result="ok").inc()
             self.metrics.set_model(new.label, new.degraded)
             log.info("%s reload: now serving %s (was %s)", reason, new.label, old.label)
+            self._settle_heap()
             return old, new
 
     async def _poll(self) -> None:

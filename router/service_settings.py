@@ -59,6 +59,11 @@ class ServiceSettings(HomeSettings):
         description="Micro-batches run concurrently per worker (threads calling the model); unset = CPU cores / "
         "workers, at most 8.",
     )
+    freeze_heap: bool = Field(
+        True,
+        description="After a model (re)load, collect and gc.freeze() the heap so full garbage collections (100+ ms "
+        "pauses with MLflow loaded) stop stalling requests.",
+    )
     feedback_wait_ms: float = Field(
         1000.0, ge=0, description="How long feedback waits for its decision to reach the log (multi-worker lag)."
     )

@@ -413,6 +413,8 @@ def test_metrics_counters_move(client: httpx.Client) -> None:
     assert metric(client, "tierwise_decision_latency_seconds_count", endpoint="/v1/route") == before["lat"] + 1
     assert metric(client, "tierwise_feedback_total") == before["fb"] + 1
     assert metric(client, "tierwise_model_info", router_version=f"{NAME}/1", degraded="false") == 1
+    # the heap was frozen after the model loaded (full GC pauses would otherwise set the p99 under load)
+    assert metric(client, "tierwise_gc_frozen_objects") > 10_000
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -463,6 +465,7 @@ def test_admin_reload_good_and_failing(client: httpx.Client) -> None:
     assert route(client, prompt="after reload").json()["router_version"] == f"{NAME}/1"
     r = client.post("/admin/reload", headers={"x-tierwise-admin-token": TOKEN})
     assert r.status_code == 200 and r.json()["router_version"] == f"{NAME}/1"
+    assert metric(client, "tierwise_gc_frozen_objects") > 10_000  # re-frozen after the reload
 
 
 # --------------------------------------------------------------------------------------------------------------
