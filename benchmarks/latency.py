@@ -11,7 +11,8 @@ What it does:
 3. Starts ``tierwise serve`` (1 worker unless ``--workers``), warms it up, and runs ``wrk -t1 --latency`` against
    ``POST /v1/route`` at concurrency 1 and 32 for short (~30 token) and long (~400 token) prompts. Every request
    carries a different prompt (a counter plus random words generated in wrk's Lua), so nothing is cached.
-4. Prints one markdown table (requests/s, p50 / p95 / p99, errors, mean micro-batch size, server CPU per request)
+4. Prints one markdown table (requests/s, p50 / p95 / p99, errors, mean micro-batch size, server CPU per request, full
+   garbage collections and total GC pause during the run)
    with the encoder, the machine and the peak RSS of the worker.
 
 Needs ``wrk`` (``apt-get install -y wrk``) and psutil. wrk shares the machine's cores with the server.
@@ -173,14 +174,22 @@ class Server:
         kids = p.children(recursive=True)
         return kids or [p]
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, label: str = "") -> float:
+        """Sum of the samples of ``name`` (whose label set contains ``label``, e.g. 'generation="2"')."""
         import httpx
 
         total = 0.0
         for line in httpx.get(self.url + "/metrics", timeout=10).text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
+            if (line.startswith(name + " ") or line.startswith(name + "{")) and label in line:
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+    def gc_totals(self) -> tuple[float, float]:
+        """(full collections, seconds paused in all collections) so far."""
+        return (
+            self.metric("tierwise_gc_pause_seconds_count", 'generation="2"'),
+            self.metric("tierwise_gc_pause_seconds_sum"),
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -274,9 +283,12 @@ def main() -> None:
                     server.metric("tierwise_microbatch_size_count"),
                     server.metric("tierwise_microbatch_size_sum"),
                 )
+                gc0 = server.gc_totals()
                 cpu0 = sum(sum(p.cpu_times()[:2]) for p in server.processes())
                 res = run_wrk(url, scripts[label], conc, args.duration)
                 cpu1 = sum(sum(p.cpu_times()[:2]) for p in server.processes())
+                gc1 = server.gc_totals()
+                res["full_gc"], res["gc_ms"] = gc1[0] - gc0[0], (gc1[1] - gc0[1]) * 1000
                 calls = server.metric("tierwise_microbatch_size_count") - b_count
                 prompts = server.metric("tierwise_microbatch_size_sum") - b_sum
                 res["batch"] = prompts / calls if calls else float("nan")
@@ -285,6 +297,7 @@ def main() -> None:
         sampler.stop_event.set()
         sampler.join()
         peak_rss = sampler.peak
+        frozen = server.metric("tierwise_gc_frozen_objects")
     finally:
         server.stop()
     load1 = os.getloadavg()
@@ -304,26 +317,27 @@ def main() -> None:
     print()
     print(
         "| where | prompts | concurrency | requests/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
-        "| server CPU ms/req | encoder |"
+        "| server CPU ms/req | full GCs / GC ms | encoder |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label in ("short", "long"):
         if label in inproc and isinstance(inproc[label], dict) and inproc[label]:
             q = inproc[label]
             print(
                 f"| in-process `Router.route` | {label} | 1 | - | {q[50]:.2f} | {q[95]:.2f} | "
-                f"{q[99]:.2f} | 0 | 1 | - | {enc} |"
+                f"{q[99]:.2f} | 0 | 1 | - | - | {enc} |"
             )
     for label, conc, r in rows:
         print(
             f"| HTTP `POST /v1/route` | {label} | {conc} | {r['rps']:.0f} | {r['p50'] / 1000:.2f} | "
             f"{r['p95'] / 1000:.2f} | {r['p99'] / 1000:.2f} | {r['errors']:.0f} | {r['batch']:.1f} | "
-            f"{r['cpu_ms']:.2f} | {enc} |"
+            f"{r['cpu_ms']:.2f} | {r['full_gc']:.0f} / {r['gc_ms']:.0f} | {enc} |"
         )
     print()
     print(
         f"peak RSS of the worker process(es): {peak_rss / 2**20:.0f} MiB "
-        f"(model {ready.get('router_version')}, encoder {enc})"
+        f"(model {ready.get('router_version')}, encoder {enc}); heap objects frozen after the model load "
+        f"(TIERWISE_FREEZE_HEAP): {frozen:,.0f}"
     )
     shutil.rmtree(work, ignore_errors=True)
 

@@ -7,7 +7,9 @@ all workers, whichever one answers the scrape.
 
 from __future__ import annotations
 
+import gc
 import os
+import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +24,7 @@ from prometheus_client import (
 disable_created_metrics()  # no *_created series: they double the scrape size and nobody graphs them
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+GC_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -78,6 +81,7 @@ class ServiceMetrics:
         self.log_dropped = Counter(
             "tierwise_decision_log_dropped", "Decision-log rows dropped (queue full or write error).", registry=r
         )
+        self._gc_started: float | None = None
         mode = {"multiprocess_mode": "liveall"} if multiprocess_dir() else {}
         self.model_info = Gauge(
             "tierwise_model_info",
@@ -87,12 +91,37 @@ class ServiceMetrics:
             **mode,
         )
 
+        self.gc_pause = Histogram(
+            "tierwise_gc_pause_seconds",
+            "Garbage-collection pauses of the worker by generation (each one stalls every in-flight request).",
+            ("generation",),
+            buckets=GC_BUCKETS,
+            registry=r,
+        )
         self.frozen_objects = Gauge(
             "tierwise_gc_frozen_objects",
             "Objects moved to the permanent GC generation after the last model load (0: heap freezing is off).",
             registry=r,
             **mode,
         )
+
+    def watch_gc(self) -> None:
+        """Time every garbage collection into ``gc_pause`` (a ``gc.callbacks`` hook; ``unwatch_gc`` removes it)."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started is not None:
+            self.gc_pause.labels(generation=str(info.get("generation", "?"))).observe(
+                time.perf_counter() - self._gc_started
+            )
+            self._gc_started = None
 
     def set_model(self, router_version: str, degraded: bool) -> None:
         self.model_info.clear()

@@ -535,6 +535,7 @@ class Service:
         self.metrics.set_model(self.model.label, self.model.degraded)
         self.dlog.start()
         self._settle_heap()
+        self.metrics.watch_gc()
         await self.batcher.start()
         if s.poll_seconds > 0:
             self._poll_task = asyncio.create_task(self._poll(), name="tierwise-poll")
@@ -570,6 +571,7 @@ class Service:
                 await self._poll_task
             self._poll_task = None
         await self.batcher.stop()
+        self.metrics.unwatch_gc()
         if self.dlog is not None:
             await asyncio.to_thread(self.dlog.close)
             self.dlog = None
