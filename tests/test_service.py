@@ -415,7 +415,6 @@ def test_metrics_counters_move(client: httpx.Client) -> None:
     assert metric(client, "tierwise_model_info", router_version=f"{NAME}/1", degraded="false") == 1
     # the heap was frozen after the model loaded (full GC pauses would otherwise set the p99 under load)
     assert metric(client, "tierwise_gc_frozen_objects") > 10_000
-    assert metric(client, "tierwise_gc_pause_seconds_count") > 0  # collections are timed
 
 
 # --------------------------------------------------------------------------------------------------------------
