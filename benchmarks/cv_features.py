@@ -1,7 +1,10 @@
-"""Cross-validation on the NON-test prompts of the shared datasets: structural features on vs off.
+"""Cross-validation on the NON-test prompts of the shared datasets: the default TrainConfig against one variant.
 
     python benchmarks/cv_features.py [--datasets routerbench-3task,llmrouter-nim9,routellm-gsm8k,routellm-mmlu]
-                                     [--folds 3]
+                                     [--folds 3] [--variant '{"structural_features": false}']
+
+The variant is a JSON object of TrainConfig overrides (default: structural features off; e.g.
+``'{"prompt_costs": false}'`` for the tiers' mean costs instead of the per-prompt cost model).
 
 Each dataset's own test split is dropped; the rest is split into seeded folds by prompt id, and every fold is
 evaluated once as the test split (the pipeline carves its calibration split out of the remaining prompts). Prints
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -32,7 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", default="routerbench-3task,llmrouter-nim9,routellm-gsm8k,routellm-mmlu")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--shared-dir", type=Path, default=DEFAULT_SHARED)
+    ap.add_argument("--variant", default='{"structural_features": false}', help="TrainConfig overrides (JSON)")
     args = ap.parse_args(argv)
+    try:
+        variant = json.loads(args.variant)
+        TrainConfig(**variant)
+    except (ValueError, TypeError) as exc:
+        print(f"error: --variant is not a valid TrainConfig override: {exc}", file=sys.stderr)
+        return 2
+    label = ", ".join(f"{k}={v}" for k, v in variant.items())
     if not args.shared_dir.is_dir():
         print(f"error: shared data not found at {args.shared_dir} (use --shared-dir)", file=sys.stderr)
         return 2
@@ -43,13 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         fold = df["prompt_id"].map(lambda s: int(hashlib.sha1(f"cv:{s}".encode()).hexdigest()[:8], 16) % args.folds)
         for k in range(args.folds):
             fold_df = df.assign(split=np.where(fold == k, "test", "train"))
-            for structural in (True, False):
-                cfg = TrainConfig(structural_features=structural)
+            for setting, overrides in (("default", {}), (label, variant)):
+                cfg = TrainConfig(**overrides)
                 prepared = prepare_data(fold_df, catalog, config=cfg)
                 m = evaluate(prepared, fit_router(prepared, cfg, progress=False)).metrics()
-                rows.append((name, structural, m["gap_closed"], m.get("apgr", np.nan), m["cost_at_95pct"]))
-    res = pd.DataFrame(rows, columns=["dataset", "structural features", "gap closed", "APGR", "cost @95%"])
-    print(res.groupby(["dataset", "structural features"]).mean().round(3).to_string())
+                rows.append((name, setting, m["gap_closed"], m.get("apgr", np.nan), m["cost_at_95pct"]))
+    res = pd.DataFrame(rows, columns=["dataset", "setting", "gap closed", "APGR", "cost @95%"])
+    print(res.groupby(["dataset", "setting"], sort=False).mean().round(3).to_string())
     return 0
 
 

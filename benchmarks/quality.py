@@ -60,6 +60,7 @@ ROUTELLM: dict[str, str] = {
 # Variants measured for the README's "what did not help" (each a TrainConfig override of the defaults).
 ABLATIONS: dict[str, dict[str, Any]] = {
     "default (linear layout, utility rule)": {},
+    "mean tier costs instead of per-prompt costs": {"prompt_costs": False},
     "threshold rule instead of utility": {"decision_rule": "threshold"},
     "LightGBM per_tier layout": {"layout": "per_tier"},
     "LightGBM stacked layout": {"layout": "stacked"},

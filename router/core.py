@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from pydantic import BaseModel, Field
 from router.bundle import BundleMeta, find_bundle, read_meta
 from router.catalog import Catalog
 from router.classifier import TierClassifier
+from router.cost_model import CostModel
 from router.decision import ROLES, Reason, decide, decide_batch, escalation_path
 from router.features import structural_features
 
@@ -133,6 +135,17 @@ class Router:
         """Mean cost per tier on the training logs (the utility rule's prices), when the bundle has them."""
         return self.meta.training.get("tier_costs")
 
+    @cached_property
+    def cost_model(self) -> CostModel | None:
+        """Expected cost per tier from the prompt's length (:mod:`router.cost_model`), when the bundle has one."""
+        raw = self.meta.training.get("cost_model")
+        return None if raw is None else CostModel.model_validate(raw)
+
+    def row_costs(self, prompts: Sequence[str]) -> np.ndarray | None:
+        """Per-prompt relative tier costs ``[n, T]`` for the utility rule, or None (no cost model: mean costs)."""
+        cm = self.cost_model
+        return None if cm is None else cm.relative([len(p) for p in prompts])
+
     # --- prediction ----------------------------------------------------------------------------------------
     def features(self, prompts: Sequence[str], roles: Sequence[str | None] | None = None) -> np.ndarray:
         """Feature matrix as the classifier was trained on it."""
@@ -179,8 +192,8 @@ class Router:
                 raise ValueError(f"unknown role {r!r}; roles are {', '.join(ROLES)}")
         proba = self.predict_proba_array(prompts, roles)
         return [
-            self.decide(p, threshold=threshold, role=r, min_tier=min_tier, max_tier=max_tier)
-            for p, r in zip(proba, roles, strict=True)
+            self.decide(p, threshold=threshold, role=r, min_tier=min_tier, max_tier=max_tier, prompt_chars=len(text))
+            for p, r, text in zip(proba, roles, prompts, strict=True)
         ]
 
     def decide(
@@ -191,8 +204,13 @@ class Router:
         role: str | None = None,
         min_tier: str | None = None,
         max_tier: str | None = None,
+        prompt_chars: int | None = None,
     ) -> Decision:
-        """Turn one row of probabilities into a :class:`Decision` (no model call)."""
+        """Turn one row of probabilities into a :class:`Decision` (no model call).
+
+        ``prompt_chars``: the routed text's length in characters; with the bundle's cost model the utility rule
+        prices each tier for this prompt. Without it (or without a cost model) it uses the tiers' mean costs.
+        """
         thr = self.threshold if threshold is None else float(threshold)
         role = role or "single"
         cat = self.catalog
@@ -203,9 +221,11 @@ class Router:
             floor, floor_reason = cat.verify_floor, Reason.VERIFIER_FLOOR
         lo = cat.index(min_tier) if min_tier is not None else None
         hi = cat.index(max_tier) if max_tier is not None else None
+        cm = self.cost_model if prompt_chars is not None else None
         choice = decide(
             proba, thr, floor=floor, floor_reason=floor_reason, min_tier=lo, max_tier=hi,
             rule=self.decision_rule, tier_costs=self.tier_costs,
+            row_costs=None if cm is None else cm.relative([prompt_chars])[0],
         )
         tier = cat.tiers[choice.tier]
         return Decision(
@@ -219,11 +239,14 @@ class Router:
             role=role,
         )
 
-    def choose(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """Vectorised tier indices for a probability matrix (role ``single``, no clamps)."""
+    def choose(
+        self, proba: np.ndarray, threshold: float | None = None, prompts: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """Vectorised tier indices for a probability matrix (role ``single``, no clamps); pass the ``prompts``
+        so the utility rule prices each one (else the tiers' mean costs)."""
         return decide_batch(
             proba, self.threshold if threshold is None else threshold, rule=self.decision_rule,
-            tier_costs=self.tier_costs,
+            tier_costs=self.tier_costs, row_costs=None if prompts is None else self.row_costs(prompts),
         )
 
 

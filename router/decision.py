@@ -6,8 +6,9 @@ one quality knob ``threshold`` in [0, 1] (higher = safer and more expensive):
 * ``"threshold"``: route to the cheapest tier whose probability is at least ``threshold``; if no tier qualifies,
   route to the tier with the highest probability (the cheapest among equals).
 * ``"utility"`` (expected utility): route to the tier maximising ``P(acceptable) - lam * relative_cost`` with
-  ``relative_cost = mean cost of the tier / mean cost of the top tier`` (from the training logs, stored in the
-  bundle) and ``lam = (1 - threshold) / threshold``: the knob says how much probability a tier must add to be
+  ``relative_cost`` = the tier's expected cost for this prompt / the top tier's mean cost (``row_costs``, from the
+  bundle's length-based cost model, :mod:`router.cost_model`), or without a cost model the tier's mean cost / the
+  top tier's mean cost (``tier_costs``, from the training logs), and ``lam = (1 - threshold) / threshold``: the knob says how much probability a tier must add to be
   worth the top tier's price. ``threshold = 1`` is the highest probability (as in the threshold rule), ``0`` the
   cheapest tier; ties go to the cheaper tier. Unlike the threshold rule it weighs what a more expensive tier adds
   against what it costs, which is what traces the best cost-quality curve (see benchmarks/quality.py).
@@ -60,16 +61,28 @@ def relative_costs(tier_costs: np.ndarray | list[float] | None, n: int) -> np.nd
     return c / top
 
 
+def _row_costs(row_costs: np.ndarray | list[float], shape: tuple[int, ...]) -> np.ndarray:
+    c = np.asarray(row_costs, dtype=float)
+    if c.shape != shape:
+        raise ValueError(f"row_costs must have shape {shape}, got {c.shape}")
+    if not np.isfinite(c).all() or (c < 0).any():
+        raise ValueError("row_costs must be finite and non-negative")
+    return c
+
+
 def utility_choice(p: np.ndarray, threshold: float, rel_cost: np.ndarray) -> np.ndarray:
-    """Utility-rule tier per row of ``p`` ``[n, T]`` (ties -> cheaper tier by relative cost, then lower index)."""
+    """Utility-rule tier per row of ``p`` ``[n, T]``; ``rel_cost`` is ``[T]`` (every row) or ``[n, T]`` (per row).
+
+    Ties go to the cheaper tier by relative cost, then to the lower index.
+    """
+    rel = np.broadcast_to(np.asarray(rel_cost, dtype=float), p.shape)
     lam = utility_lambda(threshold)
     if not np.isfinite(lam):
-        cheapest = int(np.lexsort((np.arange(rel_cost.size), rel_cost))[0])
-        return np.full(p.shape[0], cheapest, dtype=int)
-    u = np.where(np.isnan(p), -np.inf, p) - lam * rel_cost[None, :]
+        return rel.argmin(axis=1).astype(int)  # argmin takes the first (lowest index) of equal costs
+    u = np.where(np.isnan(p), -np.inf, p) - lam * rel
     best = u.max(axis=1, keepdims=True)
     tied = u >= best - 1e-12
-    key = np.where(tied, rel_cost[None, :], np.inf)
+    key = np.where(tied, rel, np.inf)
     return key.argmin(axis=1).astype(int)
 
 
@@ -91,6 +104,7 @@ def decide(
     max_tier: int | None = None,
     rule: str = "threshold",
     tier_costs: np.ndarray | list[float] | None = None,
+    row_costs: np.ndarray | list[float] | None = None,
 ) -> Choice:
     """Choose a tier for one prompt.
 
@@ -103,6 +117,8 @@ def decide(
         max_tier: highest tier index the caller allows (a hard cap).
         rule: ``"threshold"`` or ``"utility"`` (see the module doc).
         tier_costs: mean cost per tier (utility rule; default: catalog rank).
+        row_costs: this prompt's expected cost per tier relative to the top tier's mean cost (utility rule;
+            overrides ``tier_costs``), e.g. ``CostModel.relative([len(prompt)])[0]``.
     """
     p = np.asarray(proba, dtype=float)
     if p.ndim != 1 or p.size == 0:
@@ -118,7 +134,8 @@ def decide(
         raise ValueError(f"min_tier ({min_tier}) is above max_tier ({max_tier})")
 
     if rule == "utility":
-        tier = int(utility_choice(p[None, :], threshold, relative_costs(tier_costs, n))[0])
+        rel = relative_costs(tier_costs, n) if row_costs is None else _row_costs(row_costs, (n,))
+        tier = int(utility_choice(p[None, :], threshold, rel)[0])
         reason = Reason.BEST_EXPECTED_UTILITY
     elif rule == "threshold":
         meets = np.flatnonzero(p >= threshold)
@@ -146,14 +163,16 @@ def decide_batch(
     max_tier: int | None = None,
     rule: str = "threshold",
     tier_costs: np.ndarray | list[float] | None = None,
+    row_costs: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Vectorised :func:`decide` returning only the tier indices, shape ``[n]``."""
+    """Vectorised :func:`decide` returning only the tier indices, shape ``[n]`` (``row_costs``: ``[n, T]``)."""
     p = np.asarray(proba, dtype=float)
     if p.ndim != 2:
         raise ValueError(f"proba must be 2-D [n, T], got shape {p.shape}")
     n, t = p.shape
     if rule == "utility":
-        tiers = utility_choice(p, threshold, relative_costs(tier_costs, t))
+        rel = relative_costs(tier_costs, t) if row_costs is None else _row_costs(row_costs, (n, t))
+        tiers = utility_choice(p, threshold, rel)
     elif rule == "threshold":
         meets = p >= threshold
         any_meets = meets.any(axis=1)

@@ -35,7 +35,7 @@ class TierwisePyfunc(mlflow.pyfunc.PythonModel):
             thr = threshold
             if thr is None and "threshold" in model_input and pd.notna(model_input["threshold"].iloc[i]):
                 thr = float(model_input["threshold"].iloc[i])
-            d = self.router.decide(p, threshold=thr, role=roles[i] if roles else None)
+            d = self.router.decide(p, threshold=thr, role=roles[i] if roles else None, prompt_chars=len(prompts[i]))
             rows.append(
                 {
                     "tier": d.tier,

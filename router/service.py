@@ -701,6 +701,7 @@ class Service:
         role: str,
         lo: int | None,
         hi: int | None,
+        chars: int,
     ) -> Any:
         cat = m.router.catalog
         return m.router.decide(
@@ -709,6 +710,7 @@ class Service:
             role=role,
             min_tier=None if lo is None else cat.tiers[lo].name,
             max_tier=None if hi is None else cat.tiers[hi].name,
+            prompt_chars=chars,
         )
 
     def _route_payload(
@@ -723,9 +725,9 @@ class Service:
     ) -> tuple[dict[str, Any], Any]:
         thr = self._threshold(m, req, prefix)
         lo, hi = self._bounds(m, req, prefix)
-        d = self._decide(m, proba, threshold=thr, role=req.role, lo=lo, hi=hi)
-        batch_mode = req.latency_tolerance == "batch"
         chars = req.billed_chars()
+        d = self._decide(m, proba, threshold=thr, role=req.role, lo=lo, hi=hi, chars=chars)
+        batch_mode = req.latency_tolerance == "batch"
         in_tok, out_tok, chosen, top = self._costs(m, d.tier_index, chars, False)
         batch_advice = None
         spend, baseline = chosen, top
@@ -896,7 +898,7 @@ class Service:
         for i, (text, role) in enumerate(zip(texts, roles, strict=True)):
             # a planner is never pushed below the planning floor by max_tier (on this endpoint)
             cap = hi if (hi is None or role != "plan") else max(hi, floor)
-            d = self._decide(m, proba[i], threshold=thr, role=role, lo=lo, hi=cap)
+            d = self._decide(m, proba[i], threshold=thr, role=role, lo=lo, hi=cap, chars=len(text))
             _, _, usd, top_usd = self._costs(m, d.tier_index, len(text), batch_mode)
             if usd is None or top_usd is None:
                 priced = False

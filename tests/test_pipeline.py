@@ -78,6 +78,29 @@ def test_router_loads_from_registry_and_routes(trained, store: str) -> None:
     assert [b.tier for b in batch] == [r.route("hi there, how are you?").tier, r.route(hard).tier]
 
 
+def test_router_prices_each_prompt_by_length(trained, store: str) -> None:
+    r = Router.load(f"models:/{NAME}@champion", tracking_uri=store)
+    cm = r.cost_model
+    assert cm is not None and r.decision_rule == "utility"
+    assert len(cm.slope) == len(r.tiers) and cm.unit > 0
+    costs = cm.predict([100, 20_000])
+    assert (costs[1] >= costs[0]).all() and (costs[1] > costs[0]).any()
+    # same probabilities, longer prompt: the expensive tiers cost more, so the choice never goes up
+    proba = r.predict_proba_array(["Summarise the attached report for the board."])[0]
+    for knob in (0.5, 0.8, 0.9, 0.95, 0.99):
+        short = r.decide(proba, threshold=knob, prompt_chars=50).tier_index
+        long_ = r.decide(proba, threshold=knob, prompt_chars=200_000).tier_index
+        assert long_ <= short
+    assert any(
+        r.decide(proba, threshold=k, prompt_chars=200_000).tier_index
+        < r.decide(proba, threshold=k, prompt_chars=50).tier_index
+        for k in np.linspace(0.5, 0.999, 60)
+    )
+    # route() prices the prompt it routes
+    text = "Summarise the attached report for the board."
+    assert r.route(text).tier == r.decide(proba, prompt_chars=len(text)).tier
+
+
 def test_router_roles_and_clamps(trained, store: str) -> None:
     r = Router.load(f"models:/{NAME}@champion", tracking_uri=store)
     plan = r.route("hi", role="plan")

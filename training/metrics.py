@@ -378,14 +378,17 @@ def utility_curve(
     thresholds: ArrayLike | None = None,
     min_tier: int = 0,
     max_tier: int | None = None,
+    row_costs: ArrayLike | None = None,
 ) -> pd.DataFrame:
     """Sweep the knob of the expected-utility rule (``router.decision``, ``rule="utility"``): same columns as
     :func:`threshold_curve`. Default knobs: 201 uniform points on [0, 1] plus ``1 / (1 + lam)`` for 401
-    geometrically spaced ``lam`` in [1e-4, 1e4] (the utility rule's price of the top tier's cost)."""
+    geometrically spaced ``lam`` in [1e-4, 1e4] (the utility rule's price of the top tier's cost).
+    ``row_costs`` ``[n, T]``: per-prompt relative tier costs (a cost model's prices); else ``tier_costs``."""
     from router.decision import decide_batch
 
     p, s, c = _curve_inputs(proba, score, cost)
     n, n_tiers = s.shape
+    rc = None if row_costs is None else np.asarray(row_costs, dtype=float)
     if thresholds is None:
         lams = np.geomspace(1e-4, 1e4, 401)
         thr = np.unique(np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 / (1.0 + lams)]))
@@ -394,7 +397,10 @@ def utility_curve(
     rows = np.arange(n)
     records = []
     for t in thr:
-        ch = decide_batch(p, float(t), min_tier=min_tier or None, max_tier=max_tier, rule="utility", tier_costs=tier_costs)
+        ch = decide_batch(
+            p, float(t), min_tier=min_tier or None, max_tier=max_tier, rule="utility", tier_costs=tier_costs,
+            row_costs=rc,
+        )
         share = np.bincount(ch, minlength=n_tiers) / n
         records.append([float(t), float(s[rows, ch].mean()), float(c[rows, ch].mean()), *share])
     cols = ["threshold", "quality", "cost", *(f"share_t{k}" for k in range(n_tiers))]
@@ -943,6 +949,7 @@ def evaluate_router(
     n_bins: int = 10,
     rule: str = "threshold",
     tier_costs: ArrayLike | None = None,
+    row_costs: ArrayLike | None = None,
     two_tier_score: ArrayLike | None = None,
 ) -> EvaluationReport:
     """Evaluate a router's probabilities on a complete test set and bundle every metric.
@@ -957,7 +964,8 @@ def evaluate_router(
     ``1 - P(tier 0 acceptable)``; a router using the utility rule passes ``P(top) - P(tier 0)``, the quantity its
     rule compares with the price when there are two tiers).
     ``rule`` / ``tier_costs``: the decision rule whose knob is swept (``"threshold"``: :func:`threshold_curve`;
-    ``"utility"``: :func:`utility_curve` with the tiers' mean costs) and applied at ``default_threshold``.
+    ``"utility"``: :func:`utility_curve` with per-prompt ``row_costs`` when given, else the tiers' mean
+    ``tier_costs``) and applied at ``default_threshold``.
     """
     p = _matrix(proba, "proba")
     s = _matrix(score, "score")
@@ -977,7 +985,9 @@ def evaluate_router(
     lab = np.where(acc.any(axis=1), lab, -1)  # best-effort labels of hopeless prompts: own confusion row
 
     if rule == "utility":
-        curve = utility_curve(p, s, c, tier_costs, thresholds, min_tier=min_tier, max_tier=max_tier)
+        curve = utility_curve(
+            p, s, c, tier_costs, thresholds, min_tier=min_tier, max_tier=max_tier, row_costs=row_costs
+        )
     elif rule == "threshold":
         curve = threshold_curve(p, s, c, thresholds, min_tier=min_tier, max_tier=max_tier)
     else:
@@ -1010,7 +1020,8 @@ def evaluate_router(
         from router.decision import decide_batch
 
         choice = decide_batch(
-            p, default_threshold, min_tier=min_tier or None, max_tier=max_tier, rule="utility", tier_costs=tier_costs
+            p, default_threshold, min_tier=min_tier or None, max_tier=max_tier, rule="utility", tier_costs=tier_costs,
+            row_costs=None if row_costs is None else np.asarray(row_costs, dtype=float),
         )
     else:
         choice = choose_tiers(p, default_threshold, min_tier=min_tier, max_tier=max_tier)

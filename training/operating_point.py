@@ -29,17 +29,19 @@ def choose_threshold(
     *,
     rule: str = "threshold",
     tier_costs: np.ndarray | None = None,
+    row_costs: np.ndarray | None = None,
 ) -> tuple[float, str]:
     """Cheapest knob value whose realised quality reaches ``quality_target`` x the best single tier's quality.
 
-    Evaluated on rows where every tier was tried, with the decision rule the router uses (``rule``, and the tiers'
-    mean costs for the utility rule). If no value reaches the target, the one with the highest quality is
-    returned and the note says so.
+    Evaluated on rows where every tier was tried, with the decision rule the router uses (``rule``; the utility
+    rule prices tiers with the per-prompt ``row_costs`` ``[n, T]`` when given, else the tiers' mean costs). If no
+    value reaches the target, the one with the highest quality is returned and the note says so.
     """
     rows = ~np.isnan(score).any(axis=1) & ~np.isnan(cost).any(axis=1)
     if rows.sum() < 10:
         return 0.5, f"only {int(rows.sum())} complete calibration prompts: default threshold 0.5"
     p, s, c = proba[rows], score[rows], cost[rows]
+    rc = None if row_costs is None else np.asarray(row_costs, dtype=float)[rows]
     best_single = float(np.max(s.mean(axis=0)))
     target = quality_target * best_single
     idx = np.arange(len(p))
@@ -47,7 +49,7 @@ def choose_threshold(
     fallback: tuple[float, float, float] | None = None  # (-quality, cost, threshold)
     grid = utility_grid() if rule == "utility" else threshold_grid(p)
     for thr in grid:
-        choice = decide_batch(p, float(thr), rule=rule, tier_costs=tier_costs)
+        choice = decide_batch(p, float(thr), rule=rule, tier_costs=tier_costs, row_costs=rc)
         q, k = float(s[idx, choice].mean()), float(c[idx, choice].mean())
         if q >= target - 1e-12 and (best is None or (k, -q) < best[:2]):
             best = (k, -q, float(thr))

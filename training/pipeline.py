@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from router.bundle import BundleMeta, FeatureSpec, write_bundle
 from router.catalog import Catalog, CatalogError
 from router.classifier import CalibrationKind, Layout, TierClassifier
+from router.cost_model import CostModel
 from router.features import FEATURE_NAMES, structural_features
 
 from training.labels import LabelledData, assign_splits, label_prompts
@@ -53,6 +54,11 @@ class TrainConfig(BaseModel):
     )
     decision_rule: Literal["threshold", "utility"] = Field(
         "utility", description="Decision rule stored in the bundle (router.decision): utility or threshold."
+    )
+    prompt_costs: bool = Field(
+        True,
+        description="Utility rule: price each prompt's tiers with a cost model fitted on the log (cost grows with "
+        "prompt length; router.cost_model) instead of each tier's mean cost.",
     )
     n_estimators: int = Field(300, ge=1)
     calibration: CalibrationKind = "sigmoid"
@@ -94,13 +100,24 @@ class FittedRouter:
     threshold_table: list[dict[str, float]] = field(default_factory=list)
     """Knob value per reachable quality target on the calibration split (serves ``quality_target`` requests)."""
 
+    cost_model: CostModel | None = None
+    """Per-prompt expected cost per tier (utility rule with ``prompt_costs``); None: the tiers' mean costs."""
+
     def decision_info(self) -> dict[str, Any]:
         """What the bundle stores so that serving applies the same rule (``BundleMeta.training``)."""
         return {
             "decision_rule": self.decision_rule,
             "tier_costs": self.tier_costs,
             "threshold_table": self.threshold_table,
+            "cost_model": None if self.cost_model is None else self.cost_model.model_dump(mode="json"),
         }
+
+    def row_costs(self, prompts: pd.DataFrame | list[str]) -> np.ndarray | None:
+        """Relative tier costs per prompt ``[n, T]`` from the cost model (None without one)."""
+        if self.cost_model is None:
+            return None
+        texts = prompts["prompt"].astype(str).tolist() if isinstance(prompts, pd.DataFrame) else prompts
+        return self.cost_model.relative([len(t) for t in texts])
 
     def feature_spec(self) -> FeatureSpec:
         return FeatureSpec(embedding=True, structural=list(FEATURE_NAMES) if self.config.structural_features else [])
@@ -245,29 +262,43 @@ def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, pro
     proba_cal = clf.predict_proba(X[ca])
     fit_rows = tr | ca
     tier_costs = [float(v) for v in np.nan_to_num(np.nanmean(lab.cost[fit_rows], axis=0), nan=0.0)]
-    threshold, note = choose_threshold(
+    cost_model = None
+    if config.decision_rule == "utility" and config.prompt_costs:
+        chars = p["prompt"].astype(str).str.len().to_numpy()
+        cost_model = CostModel.fit(chars[fit_rows], lab.cost[fit_rows])
+    fitted = FittedRouter(
+        prepared.catalog, config, encoder, clf, 0.5, "", X, emb, config.decision_rule, tier_costs,
+        cost_model=cost_model,
+    )
+    rc = fitted.row_costs(p.loc[ca])
+    fitted.threshold, fitted.threshold_note = choose_threshold(
         proba_cal, lab.score[ca], lab.cost[ca], config.quality_target,
-        rule=config.decision_rule, tier_costs=np.asarray(tier_costs),
+        rule=config.decision_rule, tier_costs=np.asarray(tier_costs), row_costs=rc,
     )
-    log.info("default threshold %.4f (%s rule): %s", threshold, config.decision_rule, note)
-    table = threshold_table(
-        proba_cal, lab.score[ca], lab.cost[ca], rule=config.decision_rule, tier_costs=np.asarray(tier_costs)
+    log.info("default threshold %.4f (%s rule): %s", fitted.threshold, config.decision_rule, fitted.threshold_note)
+    fitted.threshold_table = threshold_table(
+        proba_cal, lab.score[ca], lab.cost[ca], rule=config.decision_rule, tier_costs=np.asarray(tier_costs),
+        row_costs=rc,
     )
-    return FittedRouter(
-        prepared.catalog, config, encoder, clf, threshold, note, X, emb, config.decision_rule, tier_costs, table
-    )
+    return fitted
 
 
 QUALITY_TARGETS = (0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0)
 
 
 def threshold_table(
-    proba: np.ndarray, score: np.ndarray, cost: np.ndarray, *, rule: str, tier_costs: np.ndarray
+    proba: np.ndarray,
+    score: np.ndarray,
+    cost: np.ndarray,
+    *,
+    rule: str,
+    tier_costs: np.ndarray,
+    row_costs: np.ndarray | None = None,
 ) -> list[dict[str, float]]:
     """Knob value for each quality target (share of the best single tier) that the calibration split reaches."""
     rows = []
     for target in QUALITY_TARGETS:
-        thr, note = choose_threshold(proba, score, cost, target, rule=rule, tier_costs=tier_costs)
+        thr, note = choose_threshold(proba, score, cost, target, rule=rule, tier_costs=tier_costs, row_costs=row_costs)
         if note.startswith("cheapest"):
             rows.append({"quality_target": target, "threshold": float(thr)})
     return rows
@@ -295,9 +326,10 @@ def evaluate(prepared: PreparedData, fitted: FittedRouter, proba_test: np.ndarra
         proba_test = fitted.classifier.predict_proba(fitted.features[te])
     knn = knn_proba(fitted.embeddings[tr], lab.acceptable[tr], fitted.embeddings[te], k=fitted.config.knn_k)
     rule, costs = fitted.decision_rule, fitted.tier_costs
-    # the kNN baseline routes with the same decision rule as the router
+    rc = fitted.row_costs(lab.prompts.loc[te])
+    # the kNN baseline routes with the same decision rule (and prices) as the router
     if rule == "utility":
-        knn_curve = utility_curve(knn, lab.score[te], lab.cost[te], costs)
+        knn_curve = utility_curve(knn, lab.score[te], lab.cost[te], costs, row_costs=rc)
     else:
         knn_curve = threshold_curve(knn, lab.score[te], lab.cost[te])
     return evaluate_router(
@@ -311,6 +343,7 @@ def evaluate(prepared: PreparedData, fitted: FittedRouter, proba_test: np.ndarra
         extra_curves={"knn": (knn_curve["cost"].to_numpy(), knn_curve["quality"].to_numpy())},
         rule=rule,
         tier_costs=costs,
+        row_costs=rc,
         two_tier_score=two_tier_score(proba_test, rule),
     )
 
@@ -452,11 +485,12 @@ def champion_aiq(name: str, version: str, prepared: PreparedData, turi: str) -> 
     te = (lab.prompts["split"].to_numpy() == "test") & lab.complete_rows
     p = lab.prompts.loc[te]
     roles = [None if pd.isna(r) else str(r) for r in p["role"]]
-    proba = champion.predict_proba_array(p["prompt"].astype(str).tolist(), roles)
+    prompts = p["prompt"].astype(str).tolist()
+    proba = champion.predict_proba_array(prompts, roles)
     rule = champion.meta.training.get("decision_rule", "threshold")
     rep = evaluate_router(
         proba, lab.score[te], lab.cost[te], lab.acceptable[te] > 0.5, None, champion.threshold, lab.tier_names,
-        rule=rule, tier_costs=champion.meta.training.get("tier_costs"),
+        rule=rule, tier_costs=champion.meta.training.get("tier_costs"), row_costs=champion.row_costs(prompts),
         two_tier_score=two_tier_score(proba, rule),
     )
     return float(rep.metrics()["aiq"])
