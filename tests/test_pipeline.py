@@ -211,3 +211,10 @@ def test_cli_route_prints_a_decision(trained, store: str) -> None:
     assert out["tier"] in demo_catalog().tier_names
     assert set(out["probabilities"]) == set(demo_catalog().tier_names)
     assert out["router_version"] == f"{NAME}/1"
+
+
+def test_calibration_default_depends_on_the_layout() -> None:
+    assert TrainConfig().resolved_calibration() == "none"  # linear: the stacker's probabilities are used as is
+    assert TrainConfig(layout="per_tier").resolved_calibration() == "sigmoid"
+    assert TrainConfig(layout="stacked").resolved_calibration() == "sigmoid"
+    assert TrainConfig(calibration="isotonic").resolved_calibration() == "isotonic"

@@ -61,13 +61,24 @@ class TrainConfig(BaseModel):
         "prompt length; router.cost_model) instead of each tier's mean cost.",
     )
     n_estimators: int = Field(300, ge=1)
-    calibration: CalibrationKind = "sigmoid"
+    calibration: CalibrationKind | None = Field(
+        None,
+        description="Per-tier probability calibration on the calibration split: sigmoid (Platt), isotonic or none. "
+        "Unset: none for the linear layout (its out-of-fold logistic stacker is calibrated already, and a second "
+        "per-tier fit only added noise in cross-validation), sigmoid for the LightGBM layouts.",
+    )
     lgbm_params: dict[str, Any] = Field(default_factory=dict)
     quality_target: float = Field(0.95, gt=0, le=1.5, description="Share of the best single tier's quality.")
     test_fraction: float = Field(0.2, ge=0, lt=1)
     calibration_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
     knn_k: int = Field(20, ge=1)
+
+    def resolved_calibration(self) -> CalibrationKind:
+        """The calibration actually used: ``calibration``, or the layout's default when unset."""
+        if self.calibration is not None:
+            return self.calibration
+        return "none" if self.layout == "linear" else "sigmoid"
 
 
 @dataclass
@@ -245,7 +256,7 @@ def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, pro
         len(prepared.catalog.tiers),
         layout=config.layout,
         n_estimators=config.n_estimators,
-        calibration=config.calibration,
+        calibration=config.resolved_calibration(),
         params=config.lgbm_params,
         random_state=config.seed,
         n_embedding=emb.shape[1],
@@ -499,6 +510,7 @@ def champion_aiq(name: str, version: str, prepared: PreparedData, turi: str) -> 
 def _flat_params(config: TrainConfig, prepared: PreparedData) -> dict[str, Any]:
     params = {k: v for k, v in config.model_dump().items() if k != "lgbm_params"}
     params.update({f"lgbm.{k}": v for k, v in config.lgbm_params.items()})
+    params["calibration"] = config.resolved_calibration()
     params["catalog"] = prepared.catalog.name
     params["tiers"] = ",".join(prepared.catalog.tier_names)[:500]
     params["n_prompts"] = len(prepared.labelled)
