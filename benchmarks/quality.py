@@ -67,7 +67,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "previous default (LightGBM stacked + threshold rule)": {"layout": "stacked", "decision_rule": "threshold"},
     "k-means groups instead of the task column": {"task_groups": False},
     "no structural features": {"structural_features": False},
-    "Platt calibration per tier (the old default)": {"calibration": "sigmoid"},
+    "fit on train only, knob on the calibration split": {"oof_knob": False},
+    "Platt calibration per tier": {"calibration": "sigmoid"},
     "isotonic calibration": {"calibration": "isotonic"},
     "encoder window: no head tokens (tail only)": {"encoder_head_tokens": 0},
 }

@@ -147,6 +147,9 @@ class TierClassifier:
         self.n_features_: int | None = None
         self.n_embedding = n_embedding
         self.linear_: dict[str, Any] = {}
+        self.oof_proba_: np.ndarray | None = None
+        """``linear`` layout, after :meth:`fit`: uncalibrated out-of-fold P(acceptable) ``[n, T]`` of the training
+        rows (each row's components come from models fitted without it); not saved."""
 
     # --- layout helpers ------------------------------------------------------------------------------------
     def _stack(self, X: np.ndarray) -> np.ndarray:
@@ -171,7 +174,9 @@ class TierClassifier:
         self.priors_ = [float(np.nanmean(Y[:, t])) if observed[:, t].any() else 0.5 for t in range(self.n_tiers)]
         if self.layout == "linear":
             self.boosters_ = []
-            self.linear_ = _fit_linear(X, Y, groups, self.n_embedding, np.asarray(self.priors_), self.random_state)
+            self.linear_, self.oof_proba_ = _fit_linear(
+                X, Y, groups, self.n_embedding, np.asarray(self.priors_), self.random_state
+            )
         elif self.layout == "stacked":
             Xs, ys = self._stack(X), Y.reshape(-1)
             keep = ~np.isnan(ys)
@@ -389,7 +394,8 @@ def _fit_lr(Z: np.ndarray, Y: np.ndarray, priors: np.ndarray) -> tuple[np.ndarra
 
 def _fit_linear(
     X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None, n_embedding: int | None, priors: np.ndarray, seed: int
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], np.ndarray]:
+    """(parameters, out-of-fold probabilities of the training rows)."""
     from sklearn.linear_model import LogisticRegression
 
     X = np.asarray(X, dtype=np.float64)
@@ -439,4 +445,6 @@ def _fit_linear(
         st = LogisticRegression(C=STACK_C, max_iter=1000).fit(F, y.astype(int))
         stack.append([float(st.coef_[0, 0]), float(st.coef_[0, 1]), float(st.intercept_[0])])
     params["stack"] = stack
-    return params
+    w = np.asarray(stack)
+    oof = _sigmoid(w[:, 0] * oof_prior + w[:, 1] * oof_lin + w[:, 2])
+    return params, oof

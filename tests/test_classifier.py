@@ -97,3 +97,22 @@ def test_linear_layout_learns_and_roundtrips(tmp_path, with_groups: bool) -> Non
     clf.save(tmp_path / "lin")
     again = TierClassifier.load(tmp_path / "lin")
     assert np.allclose(again.predict_proba(Xt), proba)
+
+
+def test_linear_out_of_fold_probabilities() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    # structure is found out of fold ...
+    X, Y = _data(1500, 7)
+    clf = TierClassifier(3, layout="linear", calibration="none").fit(X, Y)
+    oof = clf.oof_proba_
+    assert oof is not None and oof.shape == (1500, 3) and ((oof > 0) & (oof < 1)).all()
+    m = ~np.isnan(Y[:, 0])
+    assert roc_auc_score(Y[m, 0], oof[m, 0]) > 0.7
+    # ... and pure noise is not: with 200 features an in-sample fit would find some
+    rng = np.random.default_rng(0)
+    Xn = rng.normal(size=(600, 200)).astype(np.float32)
+    Yn = (rng.random((600, 2)) < 0.5).astype(float)
+    noise = TierClassifier(2, layout="linear", calibration="none").fit(Xn, Yn).oof_proba_
+    assert noise is not None and abs(roc_auc_score(Yn[:, 0], noise[:, 0]) - 0.5) < 0.08
+    assert TierClassifier(2, layout="per_tier", n_estimators=5).fit(Xn, Yn).oof_proba_ is None

@@ -218,3 +218,20 @@ def test_calibration_default_depends_on_the_layout() -> None:
     assert TrainConfig(layout="per_tier").resolved_calibration() == "sigmoid"
     assert TrainConfig(layout="stacked").resolved_calibration() == "sigmoid"
     assert TrainConfig(calibration="isotonic").resolved_calibration() == "isotonic"
+
+
+def test_default_linear_fit_uses_calibration_rows_and_an_out_of_fold_knob() -> None:
+    from training.pipeline import fit_router
+
+    prepared = prepare_data(demo_log(), demo_catalog())
+    split = prepared.labelled.prompts["split"].to_numpy()
+    fitted = fit_router(prepared, TrainConfig(), progress=False)
+    assert fitted.fit_rows is not None
+    assert (fitted.fit_rows == ((split == "train") | (split == "calibration"))).all()
+    assert "out-of-fold training prompts" in fitted.threshold_note
+    assert all(c.kind == "none" for c in fitted.classifier.calibrators_)
+    old = fit_router(prepared, TrainConfig(oof_knob=False), progress=False)
+    assert (old.fit_rows == (split == "train")).all()
+    assert "calibration prompts" in old.threshold_note
+    # test prompts are never fitted on, either way
+    assert not (fitted.fit_rows & (split == "test")).any()

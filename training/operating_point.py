@@ -30,16 +30,18 @@ def choose_threshold(
     rule: str = "threshold",
     tier_costs: np.ndarray | None = None,
     row_costs: np.ndarray | None = None,
+    sample: str = "calibration",
 ) -> tuple[float, str]:
     """Cheapest knob value whose realised quality reaches ``quality_target`` x the best single tier's quality.
 
     Evaluated on rows where every tier was tried, with the decision rule the router uses (``rule``; the utility
     rule prices tiers with the per-prompt ``row_costs`` ``[n, T]`` when given, else the tiers' mean costs). If no
-    value reaches the target, the one with the highest quality is returned and the note says so.
+    value reaches the target, the one with the highest quality is returned and the note says so. ``sample`` names
+    the rows in the note (e.g. ``"calibration"`` or ``"out-of-fold training"``).
     """
     rows = ~np.isnan(score).any(axis=1) & ~np.isnan(cost).any(axis=1)
     if rows.sum() < 10:
-        return 0.5, f"only {int(rows.sum())} complete calibration prompts: default threshold 0.5"
+        return 0.5, f"only {int(rows.sum())} complete {sample} prompts: default threshold 0.5"
     p, s, c = proba[rows], score[rows], cost[rows]
     rc = None if row_costs is None else np.asarray(row_costs, dtype=float)[rows]
     best_single = float(np.max(s.mean(axis=0)))
@@ -58,10 +60,10 @@ def choose_threshold(
     if best is not None:
         return best[2], (
             f"cheapest threshold reaching {quality_target:.0%} of the best single tier's quality "
-            f"({target:.4f}) on {int(rows.sum())} calibration prompts"
+            f"({target:.4f}) on {int(rows.sum())} {sample} prompts"
         )
     assert fallback is not None
     return fallback[2], (
-        f"no threshold reached {quality_target:.0%} of the best single tier's quality on the calibration split; "
+        f"no threshold reached {quality_target:.0%} of the best single tier's quality on the {sample} prompts; "
         f"using the highest-quality threshold ({-fallback[0]:.4f})"
     )

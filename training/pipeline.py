@@ -60,6 +60,11 @@ class TrainConfig(BaseModel):
         description="Utility rule: price each prompt's tiers with a cost model fitted on the log (cost grows with "
         "prompt length; router.cost_model) instead of each tier's mean cost.",
     )
+    oof_knob: bool = Field(
+        True,
+        description="Linear layout without calibration: fit on the train and calibration splits together and choose "
+        "the knob on the classifier's out-of-fold probabilities (else: fit on train, knob on calibration).",
+    )
     n_estimators: int = Field(300, ge=1)
     calibration: CalibrationKind | None = Field(
         None,
@@ -109,10 +114,13 @@ class FittedRouter:
     """Mean cost per tier on the training prompts (the utility rule's prices)."""
 
     threshold_table: list[dict[str, float]] = field(default_factory=list)
-    """Knob value per reachable quality target on the calibration split (serves ``quality_target`` requests)."""
+    """Knob value per reachable quality target on the knob-picking rows (serves ``quality_target`` requests)."""
 
     cost_model: CostModel | None = None
     """Per-prompt expected cost per tier (utility rule with ``prompt_costs``); None: the tiers' mean costs."""
+
+    fit_rows: np.ndarray | None = None
+    """Rows (of ``labelled.prompts``) the classifier was fitted on; the kNN baseline uses the same ones."""
 
     def decision_info(self) -> dict[str, Any]:
         """What the bundle stores so that serving applies the same rule (``BundleMeta.training``)."""
@@ -238,7 +246,12 @@ def build_features(
 
 
 def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, progress: bool = True) -> FittedRouter:
-    """Embed every prompt, fit on train, calibrate and choose the threshold on calibration."""
+    """Embed every prompt, fit the classifier and the cost model, and choose the default knob.
+
+    The LightGBM layouts (and the linear one with a calibration) fit on the train split, calibrate on the
+    calibration split and choose the knob there. The default linear layout fits on train + calibration and chooses
+    the knob on its out-of-fold probabilities. Test rows are never used.
+    """
     from router.encoders import build_encoder
 
     config = config or TrainConfig()
@@ -261,16 +274,25 @@ def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, pro
         random_state=config.seed,
         n_embedding=emb.shape[1],
     )
+    # The linear layout without calibration learns from the calibration prompts too and picks its knob on its own
+    # out-of-fold probabilities (each prompt's from models that never saw it); the others fit on train, calibrate
+    # and pick the knob on the calibration split.
+    oof_knob = config.oof_knob and config.layout == "linear" and config.resolved_calibration() == "none"
+    fit = (tr | ca) if oof_knob else tr
     groups = None
     if config.layout == "linear" and config.task_groups and p["task"].notna().any():
-        groups = p["task"].to_numpy(dtype=object)[tr]
-    log.info("fitting %s classifier on %d prompts (%d features)", config.layout, int(tr.sum()), X.shape[1])
+        groups = p["task"].to_numpy(dtype=object)[fit]
+    log.info("fitting %s classifier on %d prompts (%d features)", config.layout, int(fit.sum()), X.shape[1])
     if config.layout == "linear":
-        clf.fit(X[tr], lab.acceptable[tr], groups=groups)
+        clf.fit(X[fit], lab.acceptable[fit], groups=groups)
     else:
-        clf.fit(X[tr], lab.acceptable[tr])
-    clf.calibrate(X[ca], lab.acceptable[ca])
-    proba_cal = clf.predict_proba(X[ca])
+        clf.fit(X[fit], lab.acceptable[fit])
+    if oof_knob:
+        assert clf.oof_proba_ is not None
+        knob_rows, proba_knob, sample = fit, clf.oof_proba_, "out-of-fold training"
+    else:
+        clf.calibrate(X[ca], lab.acceptable[ca])
+        knob_rows, proba_knob, sample = ca, clf.predict_proba(X[ca]), "calibration"
     fit_rows = tr | ca
     tier_costs = [float(v) for v in np.nan_to_num(np.nanmean(lab.cost[fit_rows], axis=0), nan=0.0)]
     cost_model = None
@@ -279,17 +301,18 @@ def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, pro
         cost_model = CostModel.fit(chars[fit_rows], lab.cost[fit_rows])
     fitted = FittedRouter(
         prepared.catalog, config, encoder, clf, 0.5, "", X, emb, config.decision_rule, tier_costs,
-        cost_model=cost_model,
+        cost_model=cost_model, fit_rows=fit,
     )
-    rc = fitted.row_costs(p.loc[ca])
+    rc = fitted.row_costs(p.loc[knob_rows])
+    score, cost = lab.score[knob_rows], lab.cost[knob_rows]
     fitted.threshold, fitted.threshold_note = choose_threshold(
-        proba_cal, lab.score[ca], lab.cost[ca], config.quality_target,
-        rule=config.decision_rule, tier_costs=np.asarray(tier_costs), row_costs=rc,
+        proba_knob, score, cost, config.quality_target,
+        rule=config.decision_rule, tier_costs=np.asarray(tier_costs), row_costs=rc, sample=sample,
     )
     log.info("default threshold %.4f (%s rule): %s", fitted.threshold, config.decision_rule, fitted.threshold_note)
     fitted.threshold_table = threshold_table(
-        proba_cal, lab.score[ca], lab.cost[ca], rule=config.decision_rule, tier_costs=np.asarray(tier_costs),
-        row_costs=rc,
+        proba_knob, score, cost, rule=config.decision_rule, tier_costs=np.asarray(tier_costs), row_costs=rc,
+        sample=sample,
     )
     return fitted
 
@@ -305,11 +328,14 @@ def threshold_table(
     rule: str,
     tier_costs: np.ndarray,
     row_costs: np.ndarray | None = None,
+    sample: str = "calibration",
 ) -> list[dict[str, float]]:
-    """Knob value for each quality target (share of the best single tier) that the calibration split reaches."""
+    """Knob value for each quality target (share of the best single tier) that the knob-picking rows reach."""
     rows = []
     for target in QUALITY_TARGETS:
-        thr, note = choose_threshold(proba, score, cost, target, rule=rule, tier_costs=tier_costs, row_costs=row_costs)
+        thr, note = choose_threshold(
+            proba, score, cost, target, rule=rule, tier_costs=tier_costs, row_costs=row_costs, sample=sample
+        )
         if note.startswith("cheapest"):
             rows.append({"quality_target": target, "threshold": float(thr)})
     return rows
@@ -332,7 +358,7 @@ def evaluate(prepared: PreparedData, fitted: FittedRouter, proba_test: np.ndarra
     if te.sum() == 0:
         log.warning("no complete test prompts (every tier tried): skipping evaluation")
         return None
-    tr = split == "train"
+    tr = split == "train" if fitted.fit_rows is None else fitted.fit_rows
     if proba_test is None:
         proba_test = fitted.classifier.predict_proba(fitted.features[te])
     knn = knn_proba(fitted.embeddings[tr], lab.acceptable[tr], fitted.embeddings[te], k=fitted.config.knn_k)
