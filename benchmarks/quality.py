@@ -145,7 +145,8 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
         "Test splits: " + "; ".join(f"{QD.DATASETS[n].title}: {QD.DATASETS[n].split_note}" for n in results) + ".",
         "Gap closed = (AIQ - zero AIQ) / (oracle AIQ - zero AIQ). Cost @95% / @100%: least cost at which the router "
         "reaches 95% / 100% of the best single tier's quality, as a share of always calling the top tier. "
-        "The kNN router (k = 20) routes with the same decision rule as tierwise.",
+        "The kNN router (k = 20) is fitted on the same training prompts and routes with the same decision rule and "
+        "prices as tierwise.",
         "¹ RouteLLM's routers were trained on Chatbot Arena preference data (plus ~1,500 MMLU golden labels for the "
         "augmented router), not on these splits, so they are out-of-domain figures; MMLU / GSM8K CPTs are implied by "
         "the paper's cost savings relative to random routing and are approximate. tierwise is trained in-domain on "
