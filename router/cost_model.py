@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 MIN_ROWS = 3  # fewer priced calls than this: the tier's mean cost, whatever the length
 FREE = -700.0  # log-cost intercept of a free tier (exp(-700) ~ 1e-304 USD; finite, so it survives JSON)
@@ -36,6 +36,13 @@ class CostModel(BaseModel):
     slope: list[float] = Field(description="Per tier: elasticity of cost to prompt length.")
     chars_range: tuple[int, int] = Field(description="Shortest and longest training prompt (characters).")
     unit: float = Field(gt=0, description="USD counted as 1: the top tier's mean cost on the training prompts.")
+
+    _a: np.ndarray = PrivateAttr()
+    _b: np.ndarray = PrivateAttr()
+
+    def model_post_init(self, __context: object) -> None:
+        self._a = np.asarray(self.intercept, dtype=float)[None, :]  # arrays once, not per decision
+        self._b = np.asarray(self.slope, dtype=float)[None, :]
 
     @property
     def n_tiers(self) -> int:
@@ -81,9 +88,8 @@ class CostModel(BaseModel):
         """Expected USD per call ``[n, T]`` for prompts of ``chars`` characters (clipped to ``chars_range``)."""
         lo, hi = self.chars_range
         x = np.log1p(np.clip(np.asarray(chars, dtype=float).reshape(-1), lo, hi))[:, None]
-        a = np.asarray(self.intercept)[None, :]
         with np.errstate(over="ignore"):
-            return np.where(a <= FREE, 0.0, np.exp(a + np.asarray(self.slope)[None, :] * x))
+            return np.where(self._a <= FREE, 0.0, np.exp(self._a + self._b * x))
 
     def relative(self, chars: Sequence[int] | np.ndarray) -> np.ndarray:
         """Expected cost per call in units of the top tier's mean cost, ``[n, T]`` (the utility rule's prices)."""
