@@ -235,3 +235,15 @@ def test_default_linear_fit_uses_calibration_rows_and_an_out_of_fold_knob() -> N
     assert "calibration prompts" in old.threshold_note
     # test prompts are never fitted on, either way
     assert not (fitted.fit_rows & (split == "test")).any()
+
+
+def test_bundle_without_cost_model_uses_mean_costs(trained, store: str) -> None:
+    from router.decision import decide
+
+    r = Router.load(f"models:/{NAME}@champion", tracking_uri=store)
+    r.meta.training.pop("cost_model")  # as written by versions before the cost model
+    assert r.cost_model is None and r.row_costs(["x"]) is None
+    proba = r.predict_proba_array(["Summarise the attached report for the board."])[0]
+    for knob in (0.5, 0.9, 0.99):
+        expected = decide(proba, knob, rule="utility", tier_costs=r.tier_costs).tier
+        assert r.decide(proba, threshold=knob, prompt_chars=10_000).tier_index == expected
