@@ -82,6 +82,11 @@ def _routellm(task: str) -> Callable[[Path], pd.DataFrame]:
         opts = LogOptions(where=f"contaminated == False and task == '{task}'")
         df = read_log(shared / "routellm-evals" / "routellm_evals_long.parquet", opts)
         df["split"] = seeded_split(df["prompt_id"]).to_numpy()
+        # The finer task label (MMLU subject, MT-Bench category) is the log's task column: the group prior learns
+        # per-subject rates from it (at serving time groups are predicted from the prompt). GSM8K has none.
+        sub = df["subtask"].astype("string").str.strip()
+        if sub.notna().all() and (sub != "").all():
+            df["task"] = sub.to_numpy()
         if "response" in df and df["response"].notna().all():
             # GSM8K logs both models' answers: estimate output tokens from their length.
             df["output_tokens"] = df["response"].astype(str).str.len() / CHARS_PER_TOKEN
