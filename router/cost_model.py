@@ -40,7 +40,7 @@ class CostModel(BaseModel):
     _a: np.ndarray = PrivateAttr()
     _b: np.ndarray = PrivateAttr()
 
-    def model_post_init(self, __context: object) -> None:
+    def model_post_init(self, context: object, /) -> None:
         self._a = np.asarray(self.intercept, dtype=float)[None, :]  # arrays once, not per decision
         self._b = np.asarray(self.slope, dtype=float)[None, :]
 

@@ -24,11 +24,10 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.bundle import BundleMeta, FeatureSpec, write_bundle
-from router.catalog import Catalog, CatalogError
+from router.catalog import Catalog
 from router.classifier import CalibrationKind, Layout, TierClassifier
 from router.cost_model import CostModel
 from router.features import FEATURE_NAMES, structural_features
-
 from training.labels import LabelledData, assign_splits, label_prompts
 from training.operating_point import choose_threshold
 
