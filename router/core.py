@@ -144,7 +144,7 @@ class Router:
     def row_costs(self, prompts: Sequence[str]) -> np.ndarray | None:
         """Per-prompt relative tier costs ``[n, T]`` for the utility rule, or None (no cost model: mean costs)."""
         cm = self.cost_model
-        return None if cm is None else cm.relative([len(p) for p in prompts])
+        return None if cm is None else cm.relative_for(prompts)
 
     # --- prediction ----------------------------------------------------------------------------------------
     def features(self, prompts: Sequence[str], roles: Sequence[str | None] | None = None) -> np.ndarray:

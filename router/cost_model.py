@@ -51,7 +51,8 @@ class CostModel(BaseModel):
     @classmethod
     def fit(cls, chars: Sequence[int] | np.ndarray, cost: np.ndarray) -> CostModel:
         """Fit on prompt lengths ``chars [n]`` and per-call costs ``cost [n, T]`` (NaN = tier not tried)."""
-        x = np.log1p(np.asarray(chars, dtype=float))
+        n_chars = np.asarray(chars, dtype=float)
+        x = np.log1p(n_chars)
         cost = np.asarray(cost, dtype=float)
         if cost.ndim != 2 or cost.shape[0] != x.shape[0]:
             raise ValueError(f"cost must be [n, T] with n = {x.shape[0]}, got shape {cost.shape}")
@@ -80,7 +81,6 @@ class CostModel(BaseModel):
         if not unit > 0:
             finite = cost[np.isfinite(cost)]
             unit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-        n_chars = np.asarray(chars, dtype=float)
         lo, hi = (int(n_chars.min()), int(n_chars.max())) if n_chars.size else (0, 0)
         return cls(intercept=intercept, slope=slope, unit=unit, chars_range=(lo, hi))
 
@@ -94,3 +94,7 @@ class CostModel(BaseModel):
     def relative(self, chars: Sequence[int] | np.ndarray) -> np.ndarray:
         """Expected cost per call in units of the top tier's mean cost, ``[n, T]`` (the utility rule's prices)."""
         return self.predict(chars) / self.unit
+
+    def relative_for(self, prompts: Sequence[str]) -> np.ndarray:
+        """:meth:`relative` for these prompt texts (priced by their length in characters)."""
+        return self.relative([len(p) for p in prompts])

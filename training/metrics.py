@@ -984,10 +984,9 @@ def evaluate_router(
     lab = oracle_choice(s, c, acc) if label is None else np.asarray(label, dtype=np.int64)
     lab = np.where(acc.any(axis=1), lab, -1)  # best-effort labels of hopeless prompts: own confusion row
 
+    rc = None if row_costs is None else np.asarray(row_costs, dtype=float)
     if rule == "utility":
-        curve = utility_curve(
-            p, s, c, tier_costs, thresholds, min_tier=min_tier, max_tier=max_tier, row_costs=row_costs
-        )
+        curve = utility_curve(p, s, c, tier_costs, thresholds, min_tier=min_tier, max_tier=max_tier, row_costs=rc)
     elif rule == "threshold":
         curve = threshold_curve(p, s, c, thresholds, min_tier=min_tier, max_tier=max_tier)
     else:
@@ -1021,7 +1020,7 @@ def evaluate_router(
 
         choice = decide_batch(
             p, default_threshold, min_tier=min_tier or None, max_tier=max_tier, rule="utility", tier_costs=tier_costs,
-            row_costs=None if row_costs is None else np.asarray(row_costs, dtype=float),
+            row_costs=rc,
         )
     else:
         choice = choose_tiers(p, default_threshold, min_tier=min_tier, max_tier=max_tier)

@@ -130,12 +130,11 @@ class FittedRouter:
             "cost_model": None if self.cost_model is None else self.cost_model.model_dump(mode="json"),
         }
 
-    def row_costs(self, prompts: pd.DataFrame | list[str]) -> np.ndarray | None:
-        """Relative tier costs per prompt ``[n, T]`` from the cost model (None without one)."""
+    def row_costs(self, prompts: pd.DataFrame) -> np.ndarray | None:
+        """Relative tier costs ``[n, T]`` of these labelled prompts from the cost model (None without one)."""
         if self.cost_model is None:
             return None
-        texts = prompts["prompt"].astype(str).tolist() if isinstance(prompts, pd.DataFrame) else prompts
-        return self.cost_model.relative([len(t) for t in texts])
+        return self.cost_model.relative_for(prompts["prompt"].astype(str).tolist())
 
     def feature_spec(self) -> FeatureSpec:
         return FeatureSpec(embedding=True, structural=list(FEATURE_NAMES) if self.config.structural_features else [])
@@ -292,28 +291,21 @@ def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, pro
     else:
         clf.calibrate(X[ca], lab.acceptable[ca])
         knob_rows, proba_knob, sample = ca, clf.predict_proba(X[ca]), "calibration"
-    fit_rows = tr | ca
-    tier_costs = [float(v) for v in np.nan_to_num(np.nanmean(lab.cost[fit_rows], axis=0), nan=0.0)]
+    seen = tr | ca  # every non-test prompt: prices and the cost model come from all of them
+    tier_costs = [float(v) for v in np.nan_to_num(np.nanmean(lab.cost[seen], axis=0), nan=0.0)]
+    chars = p["prompt"].astype(str).str.len().to_numpy()
     cost_model = None
     if config.decision_rule == "utility" and config.prompt_costs:
-        chars = p["prompt"].astype(str).str.len().to_numpy()
-        cost_model = CostModel.fit(chars[fit_rows], lab.cost[fit_rows])
-    fitted = FittedRouter(
-        prepared.catalog, config, encoder, clf, 0.5, "", X, emb, config.decision_rule, tier_costs,
-        cost_model=cost_model, fit_rows=fit,
-    )
-    rc = fitted.row_costs(p.loc[knob_rows])
+        cost_model = CostModel.fit(chars[seen], lab.cost[seen])
+    rc = None if cost_model is None else cost_model.relative(chars[knob_rows])
     score, cost = lab.score[knob_rows], lab.cost[knob_rows]
-    fitted.threshold, fitted.threshold_note = choose_threshold(
-        proba_knob, score, cost, config.quality_target,
-        rule=config.decision_rule, tier_costs=np.asarray(tier_costs), row_costs=rc, sample=sample,
+    knob = {"rule": config.decision_rule, "tier_costs": np.asarray(tier_costs), "row_costs": rc, "sample": sample}
+    threshold, note = choose_threshold(proba_knob, score, cost, config.quality_target, **knob)
+    log.info("default threshold %.4f (%s rule): %s", threshold, config.decision_rule, note)
+    return FittedRouter(
+        prepared.catalog, config, encoder, clf, threshold, note, X, emb, config.decision_rule, tier_costs,
+        threshold_table=threshold_table(proba_knob, score, cost, **knob), cost_model=cost_model, fit_rows=fit,
     )
-    log.info("default threshold %.4f (%s rule): %s", fitted.threshold, config.decision_rule, fitted.threshold_note)
-    fitted.threshold_table = threshold_table(
-        proba_knob, score, cost, rule=config.decision_rule, tier_costs=np.asarray(tier_costs), row_costs=rc,
-        sample=sample,
-    )
-    return fitted
 
 
 QUALITY_TARGETS = (0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0)
