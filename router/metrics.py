@@ -81,7 +81,6 @@ class ServiceMetrics:
         self.log_dropped = Counter(
             "tierwise_decision_log_dropped", "Decision-log rows dropped (queue full or write error).", registry=r
         )
-        self._gc_started: float | None = None
         mode = {"multiprocess_mode": "liveall"} if multiprocess_dir() else {}
         self.model_info = Gauge(
             "tierwise_model_info",
@@ -98,6 +97,8 @@ class ServiceMetrics:
             buckets=GC_BUCKETS,
             registry=r,
         )
+        self._gc_children = [self.gc_pause.labels(generation=str(g)) for g in range(3)]  # no lookup per collection
+        self._gc_started: float | None = None
         self.frozen_objects = Gauge(
             "tierwise_gc_frozen_objects",
             "Objects moved to the permanent GC generation after the last model load (0: heap freezing is off).",
@@ -118,9 +119,7 @@ class ServiceMetrics:
         if phase == "start":
             self._gc_started = time.perf_counter()
         elif self._gc_started is not None:
-            self.gc_pause.labels(generation=str(info.get("generation", "?"))).observe(
-                time.perf_counter() - self._gc_started
-            )
+            self._gc_children[info["generation"]].observe(time.perf_counter() - self._gc_started)
             self._gc_started = None
 
     def set_model(self, router_version: str, degraded: bool) -> None:

@@ -552,8 +552,9 @@ class Service:
     def _settle_heap(self) -> None:
         """Collect garbage once, then move every surviving object to the permanent generation (``gc.freeze``).
 
-        The model, MLflow and the web stack leave ~10^6 long-lived objects on the heap; without this, each full
-        collection scans them all and stalls every in-flight request for 100+ ms (the p99 under load). Called after
+        The model, MLflow and the web stack leave a few hundred thousand long-lived objects on the heap (the
+        benchmark's worker: ~347,000); without this, each full collection scans them all and stalls every in-flight
+        request for 100+ ms (the p99 under load). Called after
         start-up and after each reload (unfreezing first, so an old model's reference cycles are still freed);
         that one collection is the only pause. ``TIERWISE_FREEZE_HEAP=false`` turns it off.
         """
