@@ -24,8 +24,6 @@ import argparse
 import os
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from service_server import ServerProcess  # noqa: E402 - the tests' real-server helper
 
 WORDS = (
     "the customer asked whether our quarterly revenue report could include a breakdown by region and product line "
@@ -83,12 +83,6 @@ end
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def train_default_model(store: str) -> str:
     from training.demo import demo_catalog, demo_log
     from training.pipeline import train
@@ -128,44 +122,16 @@ def in_process(model_uri: str, tracking_uri: str | None, n_short: int, n_long: i
     return out
 
 
-class Server:
+class Server(ServerProcess):
+    """The test suite's server process (tests/service_server.py) plus what the benchmark reads from it."""
+
+    DEFAULT_ENV: dict[str, str] = {}  # MLflow's own retry defaults
+
     def __init__(self, model_uri: str, tracking_uri: str | None, home: Path, workers: int, env: dict[str, str]):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        e = {**os.environ, **env, "TIERWISE_HOME": str(home), "TIERWISE_MODEL_URI": model_uri}
+        e = {**env, "TIERWISE_HOME": str(home), "TIERWISE_MODEL_URI": model_uri}
         if tracking_uri:
             e["TIERWISE_TRACKING_URI"] = tracking_uri
-        cmd = [
-            sys.executable,
-            "-m",
-            "training.cli",
-            "serve",
-            "--port",
-            str(self.port),
-            "--workers",
-            str(workers),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-        self.log = open(home / "server.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, env=e, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-    def wait_ready(self, timeout: float = 300) -> dict:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}); see {self.log.name}")
-            try:
-                r = httpx.get(self.url + "/readyz", timeout=2)
-                if r.status_code == 200:
-                    return r.json()
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError("server not ready")
+        super().__init__(e, home / "server.log", ["--workers", str(workers), "--log-level", "warning"])
 
     def processes(self) -> list:
         import psutil
@@ -191,14 +157,6 @@ class Server:
             self.metric("tierwise_gc_pause_seconds_sum"),
         )
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
 
 
 class RssSampler(threading.Thread):
@@ -267,7 +225,7 @@ def main() -> None:
     server = Server(model_uri, tracking, work / "serve", args.workers, env)
     rows = []
     try:
-        ready = server.wait_ready()
+        ready = server.wait_ready(timeout=300)
         scripts = {}
         for label, words in (("short", SHORT_WORDS), ("long", LONG_WORDS)):
             scripts[label] = work / f"{label}.lua"

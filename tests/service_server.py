@@ -24,20 +24,27 @@ def closed_port_uri() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 class ServerProcess:
-    """``python -m training.cli serve`` with the given TIERWISE_* environment; logs go to a file."""
+    """``python -m training.cli serve`` with the given TIERWISE_* environment; logs go to a file.
+
+    Also used by ``benchmarks/latency.py``. ``DEFAULT_ENV`` is added unless the caller's environment sets it: the
+    tests make MLflow give up on an unreachable registry at once.
+    """
+
+    DEFAULT_ENV: dict[str, str] = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
     def __init__(self, env: dict[str, str], log_path: Path, extra_args: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        full_env = {**os.environ, **env}
-        full_env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        full_env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        full_env = {**self.DEFAULT_ENV, **os.environ, **env}
         args = [sys.executable, "-m", "training.cli", "serve", "--port", str(self.port), "--no-access-log"]
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            args + (extra_args or []), env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+            args + (extra_args or []), env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO
         )
 
     def log(self) -> str:

@@ -471,16 +471,20 @@ def test_admin_reload_good_and_failing(client: httpx.Client) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # start-up without a registry
 # --------------------------------------------------------------------------------------------------------------
-def test_start_from_last_good_copy_when_registry_is_down(server: ServerProcess, work: Path) -> None:
-    assert (work / "last-good" / "source.json").is_file()
-    env = {
-        "TIERWISE_HOME": str(work / "home-b"),
+def _registry_down_env(work: Path, tag: str, model_cache_dir: Path) -> dict[str, str]:
+    """A server of its own (home and decision log suffixed ``tag``) whose registry does not answer."""
+    return {
+        "TIERWISE_HOME": str(work / f"home-{tag}"),
         "TIERWISE_TRACKING_URI": closed_port_uri(),
         "TIERWISE_MODEL_URI": f"models:/{NAME}@champion",
-        "TIERWISE_DECISION_LOG": str(work / "decisions-b.db"),
-        "TIERWISE_MODEL_CACHE_DIR": str(work / "last-good"),
+        "TIERWISE_DECISION_LOG": str(work / f"decisions-{tag}.db"),
+        "TIERWISE_MODEL_CACHE_DIR": str(model_cache_dir),
     }
-    b = ServerProcess(env, work / "server-b.log")
+
+
+def test_start_from_last_good_copy_when_registry_is_down(server: ServerProcess, work: Path) -> None:
+    assert (work / "last-good" / "source.json").is_file()
+    b = ServerProcess(_registry_down_env(work, "b", work / "last-good"), work / "server-b.log")
     try:
         ready = b.wait_ready()
         assert ready["degraded"] is True and ready["source"] == "last-good-copy"
@@ -508,14 +512,7 @@ def test_start_from_last_good_copy_when_registry_is_down(server: ServerProcess, 
 
 
 def test_exits_with_a_clear_message_without_registry_or_copy(work: Path) -> None:
-    env = {
-        "TIERWISE_HOME": str(work / "home-c"),
-        "TIERWISE_TRACKING_URI": closed_port_uri(),
-        "TIERWISE_MODEL_URI": f"models:/{NAME}@champion",
-        "TIERWISE_DECISION_LOG": str(work / "decisions-c.db"),
-        "TIERWISE_MODEL_CACHE_DIR": str(work / "no-copy-here"),
-    }
-    c = ServerProcess(env, work / "server-c.log")
+    c = ServerProcess(_registry_down_env(work, "c", work / "no-copy-here"), work / "server-c.log")
     try:
         code = c.wait_exit(120)
     finally:
