@@ -71,6 +71,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "Platt calibration per tier": {"calibration": "sigmoid"},
     "isotonic calibration": {"calibration": "isotonic"},
     "encoder window: no head tokens (tail only)": {"encoder_head_tokens": 0},
+    "encoder: last layer only (no middle layer)": {"encoder_layers": "last"},
 }
 
 log = logging.getLogger("tierwise.benchmark")
@@ -157,6 +158,24 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines + notes)
 
 
+def signal_table(results: dict[str, dict[str, Any]]) -> str:
+    """Brier score on the test prompts of every tier's base rate, the task prior alone and the router."""
+    header = [
+        "dataset", "Brier: base rates", "Brier: task prior alone", "Brier: tierwise",
+        "share of the base-rate Brier removed: task prior / tierwise",
+    ]
+    rows = []
+    for name, m in results.items():
+        base, prior, full = m.get("brier_ref_base_rates"), m.get("brier_ref_group_prior"), m.get("brier")
+        prior_skill = None if base is None or prior is None else 1 - prior / base
+        rows.append([
+            QD.DATASETS[name].title, _num(base, 4), _num(prior, 4), _num(full, 4),
+            f"{_pct(prior_skill, 1)} / {_pct(m.get('brier_skill'), 1)}",
+        ])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def ablation_table(abl: dict[str, dict[str, dict[str, Any]]], names: list[str]) -> str:
     header = ["variant (TrainConfig override)"] + [f"{QD.DATASETS[n].title}: gap / c@95 / APGR" for n in names]
     rows = []
@@ -207,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n}: done in {results[n]['seconds']:.0f}s", file=sys.stderr, flush=True)
     out: dict[str, Any] = {"config": config.model_dump(mode="json"), "results": results}
     print(results_table(results))
+    print()
+    print(signal_table(results))
     if args.ablations:
         abl: dict[str, dict[str, dict[str, Any]]] = {}
         for variant, override in ABLATIONS.items():

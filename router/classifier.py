@@ -226,6 +226,17 @@ class TierClassifier:
             out[:, t] = self.priors_[t] if b is None else b.predict(X, **kw)
         return out
 
+    def predict_group_prior(self, X: np.ndarray) -> np.ndarray:
+        """``linear`` layout: P(acceptable) ``[n, T]`` from the group prior alone (task or cluster success rates,
+        weighted by P(group | prompt)), without the per-prompt model; shows how much the latter adds."""
+        if self.layout != "linear" or not self.linear_:
+            raise ValueError("predict_group_prior needs a fitted linear-layout classifier")
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim == 1:
+            X = X[None, :]
+        group = self.linear_["group"]
+        return _group_proba(group, _inputs(self.linear_, X)) @ np.asarray(group["rates"])
+
     def calibrate(self, X: np.ndarray, Y: np.ndarray) -> TierClassifier:
         """Fit one calibrator per tier on a held-out calibration split (``Y``: 1 / 0 / NaN)."""
         raw = self.predict_raw(X)

@@ -8,6 +8,12 @@ window) travels with the model bundle, and ``Encoder.save(dir)`` writes what is 
 * ``"onnx-fp32"`` / ``"onnx-int8"``: ``model.onnx`` + ``tokenizer.json`` + ``encoder.json``. Self-contained:
   serving imports neither torch nor sentence-transformers (only onnxruntime, tokenizers and numpy).
 
+Layers: by default a vector is the mean-pooled last hidden layer, like sentence-transformers.
+``layers="last+middle"`` (tierwise's training default, see :func:`resolve_layers`) instead pools two hidden layers
+of the same forward pass, L2-normalises each and concatenates them (scaled so the row is unit-norm again): the
+middle layer carries more of the surface form (numbers, syntax) that says how hard a prompt is, the last layer
+mostly its topic. It costs no extra encoding time.
+
 Long prompts: the model sees at most ``max_tokens`` tokens including the special tokens. A longer prompt keeps
 its first ``head_tokens`` content tokens and its last ``max_tokens - specials - head_tokens`` ones (few-shot
 prefixes come first; the informative question is at the end). Both backends window token ids with the same
@@ -49,8 +55,14 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 """Version of the ``encoder.json`` format (and of the token-window semantics)."""
 
-EXPORT_VERSION = 1
-"""Version of the ONNX export recipe; part of the export cache directory name so recipe changes re-export."""
+EXPORT_VERSION = 2
+"""Version of the ONNX export recipe; part of the export cache directory name so recipe changes re-export.
+2: the graph also outputs every hidden layer (``hidden_0`` .. ``hidden_N``) after ``last_hidden_state``."""
+
+LAST_LAYER: tuple[int, ...] = (-1,)
+"""Hidden-state indices of the classic sentence embedding: the last layer only."""
+LayerChoice = Literal["last", "last+middle"]
+LAYER_CHOICES: tuple[str, ...] = ("last", "last+middle")
 
 EncoderKind = Literal["sentence-transformers", "onnx-int8", "onnx-fp32"]
 ONNX_KINDS: tuple[str, ...] = ("onnx-int8", "onnx-fp32")
@@ -131,6 +143,12 @@ class EncoderSpec(BaseModel):
     dim: int = Field(gt=0, description="Embedding dimension.")
     max_tokens: int = Field(256, ge=8, description="Tokens the model sees per prompt, special tokens included.")
     head_tokens: int = Field(32, ge=0, description="Content tokens kept from the start of a long prompt.")
+    layers: tuple[int, ...] = Field(
+        LAST_LAYER,
+        min_length=1,
+        description="Hidden states mean-pooled into the vector (0 = token embeddings, N = last layer, -1 = last); "
+        "several are each L2-normalised and concatenated, and the row scaled back to unit norm.",
+    )
     artifact: str | None = Field(
         None,
         pattern=r"^[0-9a-f]{16}$",
@@ -147,12 +165,19 @@ class EncoderSpec(BaseModel):
             )
         if self.kind in ONNX_KINDS and self.artifact is None:
             raise ValueError(f"an {self.kind} spec needs the 'artifact' digest of its model.onnx")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers must not repeat: {list(self.layers)}")
+        if self.dim % len(self.layers):
+            raise ValueError(f"dim ({self.dim}) must be a multiple of the number of layers ({len(self.layers)})")
         return self
 
     def cache_key(self) -> str:
         """A file-name-safe key that changes whenever the vectors this encoder produces could change."""
         art = self.artifact or "na"
-        return f"{self.kind}-{self.fingerprint}-{art}-m{self.max_tokens}-h{self.head_tokens}-v{self.version}"
+        key = f"{self.kind}-{self.fingerprint}-{art}-m{self.max_tokens}-h{self.head_tokens}-v{self.version}"
+        if self.layers != LAST_LAYER:
+            key += "-l" + "_".join(str(i) for i in self.layers)
+        return key
 
 
 @runtime_checkable
@@ -314,6 +339,40 @@ def _length_batches(seqs: Sequence[Sequence[int]], batch_size: int) -> Iterator[
 def _l2_normalise(v: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     return (v / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+def _join_blocks(v: np.ndarray, n_blocks: int) -> np.ndarray:
+    """Unit-norm rows made of ``n_blocks`` equal blocks, each L2-normalised and weighted ``1/sqrt(n_blocks)``."""
+    if n_blocks == 1:
+        return _l2_normalise(v)
+    blocks = np.split(v, n_blocks, axis=1)
+    return (np.hstack([_l2_normalise(b) for b in blocks]) / np.sqrt(n_blocks)).astype(np.float32, copy=False)
+
+
+def resolve_layers(layers: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
+    """Concrete hidden-state indices for a model with ``n_layers`` transformer layers.
+
+    ``"last"`` is ``(-1,)``, ``"last+middle"`` is ``(-1, n_layers // 2)`` (all-MiniLM-L6-v2: ``(-1, 3)``); a
+    sequence of indices is checked (each in ``-n_layers-1 .. n_layers``, no repeats) and returned as a tuple.
+    """
+    if isinstance(layers, str):
+        if layers == "last":
+            return LAST_LAYER
+        if layers == "last+middle":
+            return (-1, n_layers // 2)
+        raise ValueError(f"unknown layer choice {layers!r}; choose one of {', '.join(LAYER_CHOICES)} or indices")
+    layers = tuple(int(i) for i in layers)
+    for i in layers:
+        if not -n_layers - 1 <= i <= n_layers:
+            raise ValueError(f"layer {i} does not exist: the model has hidden states 0..{n_layers}")
+    if not layers or len({i % (n_layers + 1) for i in layers}) != len(layers):
+        raise ValueError(f"layers must be a non-empty list of distinct hidden states, got {list(layers)}")
+    return layers
+
+
+def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    m = mask[..., None].astype(np.float32)
+    return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
 
 
 def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
@@ -491,6 +550,7 @@ class SentenceTransformerEncoder:
         max_tokens: int = 256,
         head_tokens: int = 32,
         threads: int | None = None,
+        layers: str | Sequence[int] = "last",
     ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -503,7 +563,8 @@ class SentenceTransformerEncoder:
         self.model.eval()
         model_dir = local_model_dir(source)
         self.model_dir = model_dir
-        self.dim = int(self.model.get_embedding_dimension())
+        self.layers = resolve_layers(layers, int(_transformer_module(self.model).config.num_hidden_layers))
+        self.dim = int(self.model.get_embedding_dimension()) * len(self.layers)
         _check_position_limit(self.model, max_tokens)
         self.tokenizer_json = _tokenizer_json(model_dir, self.model)
         self.window = TokenWindow.from_json(self.tokenizer_json, max_tokens, head_tokens)
@@ -515,6 +576,7 @@ class SentenceTransformerEncoder:
             dim=self.dim,
             max_tokens=max_tokens,
             head_tokens=head_tokens,
+            layers=self.layers,
         )
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
@@ -534,11 +596,14 @@ class SentenceTransformerEncoder:
                     "attention_mask": torch.from_numpy(mask),
                     "token_type_ids": torch.zeros_like(torch.from_numpy(ids)),
                 }
-                emb = self.model(features)["sentence_embedding"]
-                out[idx] = emb.float().cpu().numpy()
+                if self.layers == LAST_LAYER:
+                    out[idx] = self.model(features)["sentence_embedding"].float().cpu().numpy()
+                else:
+                    states = _transformer_module(self.model)(**features, output_hidden_states=True).hidden_states
+                    out[idx] = np.hstack([_mean_pool(states[i].float().cpu().numpy(), mask) for i in self.layers])
                 if bar is not None:
                     bar.update(len(idx))
-        return _l2_normalise(out)
+        return _join_blocks(out, len(self.layers))
 
     def save(self, directory: Path) -> None:
         """Write ``encoder.json`` (spec only: the weights are referenced by source + fingerprint, not copied)."""
@@ -556,7 +621,9 @@ class SentenceTransformerEncoder:
         found = fingerprint_dir(model_dir)
         if found != spec.fingerprint:
             raise _mismatch(spec, f"the model at {model_dir}", f"fingerprint {found}")
-        return cls(spec.source, max_tokens=spec.max_tokens, head_tokens=spec.head_tokens, threads=threads)
+        return cls(
+            spec.source, max_tokens=spec.max_tokens, head_tokens=spec.head_tokens, threads=threads, layers=spec.layers
+        )
 
 
 def _tokenizer_json(model_dir: Path, st_model: Any) -> str:
@@ -626,6 +693,19 @@ class OnnxEncoder:
         self.session: onnxruntime.InferenceSession = self._new_session(self.threads)
         self._pool_session: onnxruntime.InferenceSession | None = None  # intra-op 1, for per-text parallelism
         self.input_names = {i.name for i in self.session.get_inputs()}
+        self.output_names = self._layer_outputs([o.name for o in self.session.get_outputs()])
+
+    def _layer_outputs(self, outputs: list[str]) -> list[str]:
+        """Graph outputs holding the spec's layers (``last_hidden_state`` alone for the classic embedding)."""
+        if self.spec.layers == LAST_LAYER:
+            return outputs[:1]
+        n_layers = sum(o.startswith("hidden_") for o in outputs) - 1
+        if n_layers < 1:
+            raise EncoderError(
+                f"{self.directory / ONNX_FILE} outputs only the last hidden layer, but this encoder pools layers "
+                f"{list(self.spec.layers)}: re-export it (tierwise exports every layer since export version 2)"
+            )
+        return [f"hidden_{i % (n_layers + 1)}" for i in resolve_layers(self.spec.layers, n_layers)]
 
     def _new_session(self, intra_op_threads: int) -> onnxruntime.InferenceSession:
         import onnxruntime as ort
@@ -653,22 +733,23 @@ class OnnxEncoder:
         return cls(directory, spec, threads=threads)
 
     def with_spec(self, **updates: Any) -> OnnxEncoder:
-        """The same weights under an updated spec (e.g. another token window or source label); shares the files."""
+        """The same weights under an updated spec (e.g. another token window, layers or source label); shares the
+        files. ``dim`` follows the number of layers."""
+        if "layers" in updates:
+            updates["dim"] = self.spec.dim // len(self.spec.layers) * len(updates["layers"])
         spec = EncoderSpec.model_validate({**self.spec.model_dump(), **updates})
         if (spec.kind, spec.fingerprint, spec.artifact) != (self.spec.kind, self.spec.fingerprint, self.spec.artifact):
             raise ValueError("with_spec cannot change the encoder's kind or weights")
         return OnnxEncoder(self.directory, spec, threads=self.threads)
 
     def _run(self, seqs: Sequence[Sequence[int]], session: onnxruntime.InferenceSession | None = None) -> np.ndarray:
-        """Mean-pooled (not yet normalised) vectors for a batch of id lists."""
+        """Mean-pooled (not yet normalised) vectors for a batch of id lists, one block per layer."""
         ids, mask = _pad_batch(seqs, self.pad_id)
         feeds = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(ids)
-        hidden = (session or self.session).run(None, feeds)[0]
-        m = mask[..., None].astype(np.float32)
-        pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
-        return pooled
+        states = (session or self.session).run(self.output_names, feeds)
+        return np.hstack([_mean_pool(h, mask) for h in states])
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Embed ``texts`` (float32 ``[n, dim]``, unit rows). int8 runs one text per call (see class doc)."""
@@ -686,7 +767,7 @@ class OnnxEncoder:
                     out[idx] = self._run([seqs[i] for i in idx])
                     if bar is not None:
                         bar.update(len(idx))
-        return _l2_normalise(out)
+        return _join_blocks(out, len(self.spec.layers))
 
     def _encode_parallel(self, seqs: list[list[int]], out: np.ndarray, bar: Any) -> None:
         """int8, several texts, several threads: one text per call, ``threads`` calls at a time (each 1 thread).
@@ -776,15 +857,18 @@ def _export_fp32(source: str, out_dir: Path) -> dict[str, Any]:
             super().__init__()
             self.inner = inner
 
-        def forward(self, *args: torch.Tensor) -> torch.Tensor:
-            return self.inner(**dict(zip(names, args, strict=True))).last_hidden_state
+        def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            out = self.inner(**dict(zip(names, args, strict=True)), output_hidden_states=True)
+            return (out.last_hidden_state, *out.hidden_states)
 
     ids = torch.randint(1000, 2000, (2, 16), dtype=torch.long)
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0  # trace with padding so the attention-mask path is part of the graph
     ids[1, 9:] = pad_id
     dummy = (ids, mask) + ((torch.zeros_like(ids),) if use_tt else ())
-    axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
+    n_layers = int(hf.config.num_hidden_layers)
+    outputs = ["last_hidden_state", *(f"hidden_{i}" for i in range(n_layers + 1))]
+    axes = {n: {0: "batch", 1: "sequence"} for n in [*names, *outputs]}
     onnx_path = out_dir / ONNX_FILE
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -794,7 +878,7 @@ def _export_fp32(source: str, out_dir: Path) -> dict[str, Any]:
             str(onnx_path),
             dynamo=False,  # the TorchScript exporter needs no extra packages (the dynamo one needs onnxscript)
             input_names=names,
-            output_names=["last_hidden_state"],
+            output_names=outputs,
             dynamic_axes=axes,
             opset_version=17,
             do_constant_folding=True,
@@ -807,6 +891,7 @@ def _export_fp32(source: str, out_dir: Path) -> dict[str, Any]:
         "pooling": "mean",
         "inputs": names,
         "dim": int(st.get_embedding_dimension()),
+        "n_layers": n_layers,
         "fingerprint": fingerprint_dir(model_dir),
         "export_version": EXPORT_VERSION,
     }
@@ -951,17 +1036,28 @@ def build_encoder(
     max_tokens: int = 256,
     head_tokens: int = 32,
     cache_dir: Path | None = None,
+    layers: str | Sequence[int] = "last",
 ) -> Encoder:
     """Build an encoder by name (see module doc). ONNX kinds are exported once and cached under ``cache_dir``.
 
     ``threads``: torch / onnxruntime intra-op threads (ONNX default 1, torch default: torch's own).
+    ``layers``: ``"last"`` (the classic sentence embedding), ``"last+middle"`` or hidden-state indices
+    (:func:`resolve_layers`).
     """
     kind, source = _parse_name(name)
     if kind == "sentence-transformers":
-        return SentenceTransformerEncoder(source, max_tokens=max_tokens, head_tokens=head_tokens, threads=threads)
+        return SentenceTransformerEncoder(
+            source, max_tokens=max_tokens, head_tokens=head_tokens, threads=threads, layers=layers
+        )
     directory = export_onnx(source, kind, cache_dir)
     enc = OnnxEncoder.load(directory, threads=threads)
-    wanted = {"source": normalise_source(source), "max_tokens": max_tokens, "head_tokens": head_tokens}
+    n_layers = int(read_encoder_json(directory)["onnx"]["n_layers"])
+    wanted: dict[str, Any] = {
+        "source": normalise_source(source),
+        "max_tokens": max_tokens,
+        "head_tokens": head_tokens,
+        "layers": resolve_layers(layers, n_layers),
+    }
     if any(getattr(enc.spec, k) != v for k, v in wanted.items()):  # the cache entry is shared by equal weights
         enc = enc.with_spec(**wanted)
     return enc

@@ -99,6 +99,24 @@ def test_linear_layout_learns_and_roundtrips(tmp_path, with_groups: bool) -> Non
     assert np.allclose(again.predict_proba(Xt), proba)
 
 
+def test_group_prior_alone_knows_groups_not_prompts() -> None:
+    # groups carry part of the signal (their success rates differ), the prompt's difficulty the rest
+    X, Y = _data(2500, 7)
+    Xt, Yt = _data(800, 9)
+    groups = np.where(X[:, 0] > 0, "hard", "easy")
+    clf = TierClassifier(3, layout="linear", calibration="none").fit(X, Y, groups=groups)
+    prior = clf.predict_group_prior(Xt)
+    assert prior.shape == (800, 3) and ((prior > 0) & (prior < 1)).all()
+    hard = Xt[:, 0] > 0
+    assert prior[~hard, 0].mean() > prior[hard, 0].mean() + 0.2  # the group rates are learnt ...
+    within = hard & (Xt[:, 0] < 0.5), hard & (Xt[:, 0] > 1.5)
+    assert abs(prior[within[0], 0].mean() - prior[within[1], 0].mean()) < 0.1  # ... but not difficulty within a group
+    full = clf.predict_proba(Xt)
+    assert ((full - Yt) ** 2).mean() < ((prior - Yt) ** 2).mean()  # the per-prompt model adds to the prior
+    with pytest.raises(ValueError, match="linear"):
+        TierClassifier(3, layout="per_tier", n_estimators=5).fit(X, Y).predict_group_prior(Xt)
+
+
 def test_linear_out_of_fold_probabilities() -> None:
     from sklearn.metrics import roc_auc_score
 

@@ -23,6 +23,7 @@ from router.encoders import (
     load_encoder,
     minilm_path,
     onnx_cache_dir,
+    resolve_layers,
     window_token_ids,
 )
 
@@ -147,6 +148,23 @@ def test_spec_validation_and_roundtrip(int8_enc: OnnxEncoder) -> None:
         spec.dim = 3  # type: ignore[misc]  # frozen
 
 
+def test_resolve_layers() -> None:
+    assert resolve_layers("last", 6) == (-1,)
+    assert resolve_layers("last+middle", 6) == (-1, 3)
+    assert resolve_layers("last+middle", 12) == (-1, 6)
+    assert resolve_layers([6, 0], 6) == (6, 0)
+    with pytest.raises(ValueError, match="does not exist"):
+        resolve_layers([7], 6)
+    with pytest.raises(ValueError, match="distinct"):
+        resolve_layers([-1, 6], 6)  # the same hidden state twice
+    with pytest.raises(ValueError, match="last\\+middle"):
+        resolve_layers("middle", 6)
+    with pytest.raises(ValidationError, match="repeat"):
+        EncoderSpec(kind="sentence-transformers", source="x", fingerprint="0" * 16, dim=8, layers=(3, 3))
+    with pytest.raises(ValidationError, match="multiple"):
+        EncoderSpec(kind="sentence-transformers", source="x", fingerprint="0" * 16, dim=9, layers=(-1, 3))
+
+
 def test_unknown_encoder_name_lists_choices() -> None:
     with pytest.raises(ValueError, match="minilm-onnx-int8"):
         build_encoder("bert-ultra")
@@ -185,6 +203,30 @@ def test_onnx_fidelity_vs_torch(torch_enc: SentenceTransformerEncoder, int8_enc:
     np.testing.assert_allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
     assert float((ref * fp32).sum(axis=1).min()) > 0.9999
     assert float((ref * int8).sum(axis=1).min()) > 0.98
+
+
+@pytest.mark.parametrize("kind", ["minilm", "minilm-onnx-int8"])
+def test_last_and_middle_layers(kind: str, onnx_dir: Path, tmp_path: Path) -> None:
+    last = build_encoder(kind, cache_dir=onnx_dir)
+    both = build_encoder(kind, cache_dir=onnx_dir, layers="last+middle")
+    assert both.spec.layers == (-1, 3) and both.dim == both.spec.dim == 768
+    assert both.spec.cache_key() != last.spec.cache_key()
+    texts = PROMPTS + [_long_prompt()]
+    v, v_last = both.encode(texts), last.encode(texts)
+    assert v.shape == (len(texts), 768)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    # block 1 is the classic embedding (scaled by 1/sqrt(2)); block 2, the middle layer, is a different view
+    np.testing.assert_allclose(v[:, :384] * np.sqrt(2), v_last, atol=1e-5)
+    middle = v[:, 384:] * np.sqrt(2)
+    np.testing.assert_allclose(np.linalg.norm(middle, axis=1), 1.0, atol=1e-5)
+    assert float((middle * v_last).sum(axis=1).max()) < 0.95
+    # torch and int8 agree on the middle layer too
+    ref = build_encoder("minilm", layers="last+middle").encode(texts)
+    assert float((ref * v).sum(axis=1).min()) > 0.98
+    both.save(tmp_path / "enc")
+    again = load_encoder(tmp_path / "enc")
+    assert again.spec == both.spec
+    np.testing.assert_allclose(again.encode(texts), v, atol=1e-6)
 
 
 def test_int8_vector_does_not_depend_on_batch(int8_enc: OnnxEncoder) -> None:

@@ -318,6 +318,25 @@ def test_evaluate_router_metrics(report: M.EvaluationReport) -> None:
     assert "AIQ" in md and "APGR" in md and "nano" in md
 
 
+def test_brier_of_reference_probabilities(data: dict[str, np.ndarray]) -> None:
+    rates = np.tile(data["acceptable"].mean(axis=0), (len(data["proba"]), 1))
+    rep = M.evaluate_router(
+        data["proba"], data["score"], data["cost"], data["acceptable"], tier_names=["nano", "small", "medium", "large"],
+        reference_proba={"base_rates": rates, "group_prior": rates},
+    )
+    base = M.brier(rates, data["acceptable"]).overall
+    assert rep.brier_reference == pytest.approx({"base_rates": base, "group_prior": base})
+    assert rep.brier_skill == pytest.approx(1 - rep.brier.overall / base)
+    assert rep.brier_skill > 0  # the synthetic probabilities are informative
+    m = rep.metrics()
+    assert m["brier_ref_base_rates"] == pytest.approx(base) and m["brier_skill"] == pytest.approx(rep.brier_skill)
+    assert "removes" in rep.to_markdown()
+    # without references: no skill metric, no sentence
+    plain = M.evaluate_router(data["proba"], data["score"], data["cost"], data["acceptable"])
+    assert "brier_skill" not in plain.metrics() and np.isnan(plain.brier_skill)
+    assert "removes" not in plain.to_markdown()
+
+
 def test_evaluate_router_rejects_incomplete_matrices(data: dict[str, np.ndarray]) -> None:
     score = data["score"].copy()
     score[3, 1] = np.nan

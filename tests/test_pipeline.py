@@ -44,6 +44,9 @@ def test_first_version_becomes_champion(trained, store: str) -> None:
     # the synthetic log is learnable: the router beats the zero router
     assert m["aiq"] > m["aiq_zero"]
     assert m["aiq_oracle"] >= m["aiq"]
+    # the per-prompt model beats every tier's base rate, and the task prior alone, in Brier score
+    assert m["brier"] < m["brier_ref_group_prior"] < m["brier_ref_base_rates"]
+    assert 0 < m["brier_skill"] < 1
 
 
 def test_run_logs_params_metrics_and_artifacts(trained, store: str) -> None:
@@ -51,6 +54,7 @@ def test_run_logs_params_metrics_and_artifacts(trained, store: str) -> None:
     run = client.get_run(trained.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["encoder"] == TrainConfig().encoder
+    assert run.data.params["encoder_layers_used"] == "-1,3"  # last + middle layer of the 6-layer MiniLM
     assert "aiq" in run.data.metrics
     paths = {a.path for a in client.list_artifacts(trained.run_id)}
     assert {"catalog.yaml", "labelled_summary.json", "plots", "evaluation.md"} <= paths
@@ -147,7 +151,10 @@ def test_pyfunc_in_fresh_process(trained, store: str) -> None:
 
 
 def test_worse_challenger_does_not_become_champion(trained, store: str) -> None:
-    weak = TrainConfig(n_estimators=1, lgbm_params={"learning_rate": 0.001}, structural_features=False)
+    # one LightGBM tree with a tiny learning rate: the tiers' base rates, nothing per prompt
+    weak = TrainConfig(
+        layout="per_tier", n_estimators=1, lgbm_params={"learning_rate": 0.001}, structural_features=False
+    )
     result = train(demo_log(), catalog=demo_catalog(), register=NAME, tracking_uri=store, config=weak, progress=False)
     assert result.model_version == "2"
     assert not result.promoted, result.promotion_reason

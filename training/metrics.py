@@ -836,7 +836,18 @@ class EvaluationReport:
     ece: CalibrationScore
     reliability: pd.DataFrame
     confusion: pd.DataFrame
+    brier_reference: dict[str, float] = field(default_factory=dict)
+    """Brier score of simpler probability sources on the same prompts (e.g. ``base_rates``: every tier's training
+    success rate for every prompt; ``group_prior``: the task prior alone), to show how much the router's per-prompt
+    model adds."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def brier_skill(self) -> float:
+        """``1 - Brier / Brier(base_rates)``: the share of the base-rate Brier score the router removes (NaN without
+        a ``base_rates`` reference)."""
+        base = self.brier_reference.get("base_rates", math.nan)
+        return 1.0 - self.brier.overall / base if base > 0 else math.nan
 
     def metrics(self) -> dict[str, float]:
         """Flat, MLflow-friendly metrics (all floats)."""
@@ -870,6 +881,10 @@ class EvaluationReport:
             "brier": self.brier.overall,
             "ece": self.ece.overall,
         }
+        if self.brier_reference:
+            m["brier_skill"] = self.brier_skill
+            for name, value in self.brier_reference.items():
+                m[f"brier_ref_{_metric_key(name)}"] = value
         for name in self.extra_curves:
             key = _metric_key(name)
             m[f"aiq_{key}"] = self.aiq[name]
@@ -926,11 +941,24 @@ class EvaluationReport:
             f"**Two-tier view ({weak} vs {strong}):** APGR {_fmt(self.apgr, 3)} (random 0.5), "
             f"CPT(50%) {_fmt(100 * self.cpt50, 3)}% and CPT(80%) {_fmt(100 * self.cpt80, 3)}% strong calls.",
             "",
-            f"**Calibration:** Brier {_fmt(self.brier.overall, 3)}, ECE {_fmt(self.ece.overall, 3)}.",
+            f"**Calibration:** Brier {_fmt(self.brier.overall, 3)}, ECE {_fmt(self.ece.overall, 3)}."
+            + _describe_brier_reference(self),
             "",
             _md_table(["tier", "quality", "cost (USD)", "default share", "Brier", "ECE"], tier_rows),
         ]
         return "\n".join(parts) + "\n"
+
+
+def _describe_brier_reference(report: EvaluationReport) -> str:
+    ref = report.brier_reference
+    if not ref:
+        return ""
+    named = {"base_rates": "every tier's training success rate", "group_prior": "the task prior alone"}
+    parts = ", ".join(f"{named.get(k, k)} {_fmt(v, 4)}" for k, v in ref.items())
+    text = f" Brier of simpler sources on the same prompts: {parts}"
+    if math.isfinite(report.brier_skill):
+        text += f"; the router removes {100 * report.brier_skill:.1f}% of the base-rate Brier score"
+    return text + "."
 
 
 def evaluate_router(
@@ -951,6 +979,7 @@ def evaluate_router(
     tier_costs: ArrayLike | None = None,
     row_costs: ArrayLike | None = None,
     two_tier_score: ArrayLike | None = None,
+    reference_proba: Mapping[str, ArrayLike] | None = None,
 ) -> EvaluationReport:
     """Evaluate a router's probabilities on a complete test set and bundle every metric.
 
@@ -966,6 +995,9 @@ def evaluate_router(
     ``rule`` / ``tier_costs``: the decision rule whose knob is swept (``"threshold"``: :func:`threshold_curve`;
     ``"utility"``: :func:`utility_curve` with per-prompt ``row_costs`` when given, else the tiers' mean
     ``tier_costs``) and applied at ``default_threshold``.
+    ``reference_proba`` maps a name to simpler probabilities ``[n, T]`` (``base_rates``: the training success rate
+    of each tier; ``group_prior``: a task prior alone) whose Brier scores are reported next to the router's
+    (:attr:`EvaluationReport.brier_skill`).
     """
     p = _matrix(proba, "proba")
     s = _matrix(score, "score")
@@ -1053,4 +1085,5 @@ def evaluate_router(
         ece=ece(p, acc, n_bins=n_bins),
         reliability=reliability_table(p, acc, n_bins=n_bins),
         confusion=cost_weighted_confusion(choice, lab, c),
+        brier_reference={k: brier(v, acc).overall for k, v in (reference_proba or {}).items()},
     )

@@ -27,6 +27,7 @@ from router.bundle import BundleMeta, FeatureSpec, write_bundle
 from router.catalog import Catalog
 from router.classifier import CalibrationKind, Layout, TierClassifier
 from router.cost_model import CostModel
+from router.encoders import LayerChoice
 from router.features import FEATURE_NAMES, structural_features
 from training.labels import LabelledData, assign_splits, label_prompts
 from training.operating_point import choose_threshold
@@ -46,6 +47,11 @@ class TrainConfig(BaseModel):
     encoder: str = Field("minilm-onnx-int8", description="Encoder name (see router.encoders.build_encoder).")
     encoder_max_tokens: int = Field(256, ge=8, description="Tokens the encoder sees per prompt (specials included).")
     encoder_head_tokens: int = Field(32, ge=0, description="Tokens kept from the start of a long prompt.")
+    encoder_layers: LayerChoice = Field(
+        "last+middle",
+        description="Hidden layers pooled into the prompt vector: 'last' (the classic sentence embedding) or "
+        "'last+middle' (also the middle layer, from the same forward pass; router.encoders.resolve_layers).",
+    )
     structural_features: bool = True
     layout: Layout = Field("linear", description="Classifier layout: linear (default), stacked or per_tier (LightGBM).")
     task_groups: bool = Field(
@@ -255,7 +261,11 @@ def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, pro
     config = config or TrainConfig()
     lab = prepared.labelled
     encoder = build_encoder(  # two single-threaded calls in parallel; same vectors
-        config.encoder, threads=2, max_tokens=config.encoder_max_tokens, head_tokens=config.encoder_head_tokens
+        config.encoder,
+        threads=2,
+        max_tokens=config.encoder_max_tokens,
+        head_tokens=config.encoder_head_tokens,
+        layers=config.encoder_layers,
     )
     p = lab.prompts
     roles = [None if pd.isna(r) else str(r) for r in p["role"]]
@@ -355,6 +365,11 @@ def evaluate(prepared: PreparedData, fitted: FittedRouter, proba_test: np.ndarra
     knn = knn_proba(fitted.embeddings[tr], lab.acceptable[tr], fitted.embeddings[te], k=fitted.config.knn_k)
     rule, costs = fitted.decision_rule, fitted.tier_costs
     rc = fitted.row_costs(lab.prompts.loc[te])
+    clf = fitted.classifier
+    # how much the per-prompt model adds over simpler probabilities (Brier of each on the same prompts)
+    reference = {"base_rates": np.tile(np.asarray(clf.priors_, dtype=float), (int(te.sum()), 1))}
+    if clf.layout == "linear":
+        reference["group_prior"] = clf.predict_group_prior(fitted.features[te])
     # the kNN baseline routes with the same decision rule (and prices) as the router
     if rule == "utility":
         knn_curve = utility_curve(knn, lab.score[te], lab.cost[te], costs, row_costs=rc)
@@ -373,6 +388,7 @@ def evaluate(prepared: PreparedData, fitted: FittedRouter, proba_test: np.ndarra
         tier_costs=costs,
         row_costs=rc,
         two_tier_score=two_tier_score(proba_test, rule),
+        reference_proba=reference,
     )
 
 
@@ -453,6 +469,7 @@ def train(
         bundle = save_bundle(fitted, workdir / "bundle", metrics, training_info)
         with mlflow.start_run(experiment_id=exp_id) as run:
             mlflow.log_params(_flat_params(config, prepared))
+            mlflow.log_param("encoder_layers_used", ",".join(map(str, fitted.encoder.spec.layers)))
             mlflow.log_metrics(metrics)
             mlflow.log_text(prepared.catalog.to_yaml(), "catalog.yaml")
             mlflow.log_text(json.dumps(summary, indent=1), "labelled_summary.json")
