@@ -131,6 +131,9 @@ def test_routing_quality_runs(kernel_env: None, workdir: Path) -> None:
     assert _count(worst, "text/html", "quality_lost") == 1
     assert "under-routed" in _text(worst)
     assert _count(_outputs(nb, "plot_reliability("), "text/html", "ECE") == 1
+    # the signal decomposition: the router against base rates and the task prior alone
+    assert _count(_outputs(nb, "plot_reliability("), "text/html", "group_prior") == 1
+    assert _count(_outputs(nb, "evaluate_router("), "text/markdown", "removes") == 1
 
 
 def test_savings_report_runs_on_labelled_demo(kernel_env: None, workdir: Path) -> None:
