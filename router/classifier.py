@@ -226,6 +226,17 @@ class TierClassifier:
             out[:, t] = self.priors_[t] if b is None else b.predict(X, **kw)
         return out
 
+    def reference_proba(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Simpler probabilities ``[n, T]`` to compare this classifier with (``training.metrics.evaluate_router``'s
+        ``reference_proba``): ``base_rates`` (every tier's training success rate, for every prompt) and, for the
+        ``linear`` layout, ``group_prior`` (:meth:`predict_group_prior`)."""
+        X = np.asarray(X)
+        n = 1 if X.ndim == 1 else X.shape[0]
+        out = {"base_rates": np.tile(np.asarray(self.priors_, dtype=float), (n, 1))}
+        if self.layout == "linear":
+            out["group_prior"] = self.predict_group_prior(X)
+        return out
+
     def predict_group_prior(self, X: np.ndarray) -> np.ndarray:
         """``linear`` layout: P(acceptable) ``[n, T]`` from the group prior alone (task or cluster success rates,
         weighted by P(group | prompt)), without the per-prompt model; shows how much the latter adds."""

@@ -9,9 +9,10 @@ one quality knob ``threshold`` in [0, 1] (higher = safer and more expensive):
   ``relative_cost`` = the tier's expected cost for this prompt / the top tier's mean cost (``row_costs``, from the
   bundle's length-based cost model, :mod:`router.cost_model`), or without a cost model the tier's mean cost / the
   top tier's mean cost (``tier_costs``, from the training logs), and ``lam = (1 - threshold) / threshold``: the
-  knob says how much probability a tier must add to be worth the top tier's price. ``threshold = 1`` is the highest probability (as in the threshold rule), ``0`` the
-  cheapest tier; ties go to the cheaper tier. Unlike the threshold rule it weighs what a more expensive tier adds
-  against what it costs, which is what traces the best cost-quality curve (see benchmarks/quality.py).
+  knob says how much probability a tier must add to be worth the top tier's price. ``threshold = 1`` is the
+  highest probability (as in the threshold rule), ``0`` the cheapest tier; ties go to the cheaper tier. Unlike the
+  threshold rule it weighs what a more expensive tier adds against what it costs, which is what traces the best
+  cost-quality curve (see benchmarks/quality.py).
 
 Then floors and ceilings apply: the role's floor (a planner never goes below the catalog's planning floor),
    then ``min_tier`` and ``max_tier`` from the request (``max_tier`` wins over a floor: the caller's cost cap

@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -62,7 +62,7 @@ EXPORT_VERSION = 2
 LAST_LAYER: tuple[int, ...] = (-1,)
 """Hidden-state indices of the classic sentence embedding: the last layer only."""
 LayerChoice = Literal["last", "last+middle"]
-LAYER_CHOICES: tuple[str, ...] = ("last", "last+middle")
+LAYER_CHOICES: tuple[str, ...] = get_args(LayerChoice)
 
 EncoderKind = Literal["sentence-transformers", "onnx-int8", "onnx-fp32"]
 ONNX_KINDS: tuple[str, ...] = ("onnx-int8", "onnx-fp32")

@@ -554,9 +554,9 @@ class Service:
 
         The model, MLflow and the web stack leave a few hundred thousand long-lived objects on the heap (the
         benchmark's worker: ~347,000); without this, each full collection scans them all and stalls every in-flight
-        request for 100+ ms (the p99 under load). Called after
-        start-up and after each reload (unfreezing first, so an old model's reference cycles are still freed);
-        that one collection is the only pause. ``TIERWISE_FREEZE_HEAP=false`` turns it off.
+        request for 100+ ms (the p99 under load). Called after start-up and after each reload (unfreezing first, so
+        an old model's reference cycles are still freed); that one collection is the only pause.
+        ``TIERWISE_FREEZE_HEAP=false`` turns it off.
         """
         if not self.settings.freeze_heap:
             return

@@ -111,6 +111,9 @@ def test_group_prior_alone_knows_groups_not_prompts() -> None:
     assert prior[~hard, 0].mean() > prior[hard, 0].mean() + 0.2  # the group rates are learnt ...
     within = hard & (Xt[:, 0] < 0.5), hard & (Xt[:, 0] > 1.5)
     assert abs(prior[within[0], 0].mean() - prior[within[1], 0].mean()) < 0.1  # ... but not difficulty within a group
+    ref = clf.reference_proba(Xt)
+    np.testing.assert_array_equal(ref["group_prior"], prior)
+    np.testing.assert_allclose(ref["base_rates"], np.tile(np.nanmean(Y, axis=0), (800, 1)))
     full = clf.predict_proba(Xt)
     assert ((full - Yt) ** 2).mean() < ((prior - Yt) ** 2).mean()  # the per-prompt model adds to the prior
     with pytest.raises(ValueError, match="linear"):

@@ -365,11 +365,6 @@ def evaluate(prepared: PreparedData, fitted: FittedRouter, proba_test: np.ndarra
     knn = knn_proba(fitted.embeddings[tr], lab.acceptable[tr], fitted.embeddings[te], k=fitted.config.knn_k)
     rule, costs = fitted.decision_rule, fitted.tier_costs
     rc = fitted.row_costs(lab.prompts.loc[te])
-    clf = fitted.classifier
-    # how much the per-prompt model adds over simpler probabilities (Brier of each on the same prompts)
-    reference = {"base_rates": np.tile(np.asarray(clf.priors_, dtype=float), (int(te.sum()), 1))}
-    if clf.layout == "linear":
-        reference["group_prior"] = clf.predict_group_prior(fitted.features[te])
     # the kNN baseline routes with the same decision rule (and prices) as the router
     if rule == "utility":
         knn_curve = utility_curve(knn, lab.score[te], lab.cost[te], costs, row_costs=rc)
@@ -388,7 +383,7 @@ def evaluate(prepared: PreparedData, fitted: FittedRouter, proba_test: np.ndarra
         tier_costs=costs,
         row_costs=rc,
         two_tier_score=two_tier_score(proba_test, rule),
-        reference_proba=reference,
+        reference_proba=fitted.classifier.reference_proba(fitted.features[te]),  # what the per-prompt model adds
     )
 
 
