@@ -9,7 +9,9 @@ separate calibration split. Three layouts:
   1. a **group prior**: prompts are grouped by the log's ``task`` column when it has one (passed to :meth:`fit`
      as ``groups``; never needed at serve time), else by k-means clusters of the features. A multinomial
      logistic regression (or the nearest centroid) gives P(group | prompt), and the prior is
-     ``sum_g P(g | prompt) * rate[g, tier]`` with each group's success rate shrunk towards the tier's overall rate;
+     ``sum_g P(g | prompt) * rate[g, tier]`` with each group's success rate shrunk towards the tier's overall rate.
+     A caller that names the prompt's task (``groups`` at prediction time) gets that task's rates exactly instead
+     of the predicted mix (a task the model never saw falls back to the prediction);
   2. a per-tier L2 **logistic regression** on the features (embedding as is, structural features standardised
      and down-weighted);
   3. per tier, a logistic **stacker** combines the two logits; it is fitted on out-of-fold predictions of 1 and 2
@@ -26,6 +28,7 @@ Everything is saved as text/JSON (LightGBM model strings, linear weights, calibr
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -202,8 +205,17 @@ class TierClassifier:
         )
         return lgb.train(self.params, ds, num_boost_round=self.n_estimators)
 
-    def predict_raw(self, X: np.ndarray, num_threads: int | None = None) -> np.ndarray:
-        """Uncalibrated probabilities ``[n, T]``."""
+    @property
+    def task_groups(self) -> list[str]:
+        """The tasks the ``linear`` layout's group prior learned (the log's ``task`` values); empty when its
+        groups are k-means clusters or for the LightGBM layouts. Only these tasks change a prediction."""
+        group = self.linear_.get("group") if self.layout == "linear" else None
+        return [c for c in group["classes"] if c] if group and group.get("kind") == "task" else []
+
+    def predict_raw(
+        self, X: np.ndarray, num_threads: int | None = None, groups: Sequence[str | None] | None = None
+    ) -> np.ndarray:
+        """Uncalibrated probabilities ``[n, T]``. ``groups``: see :meth:`predict_proba`."""
         X = np.asarray(X, dtype=np.float32)
         if X.ndim == 1:
             X = X[None, :]
@@ -214,7 +226,7 @@ class TierClassifier:
         kw = {"num_threads": num_threads} if num_threads else {}
         n = X.shape[0]
         if self.layout == "linear":
-            return _sigmoid(_linear_logits(self.linear_, X))
+            return _sigmoid(_linear_logits(self.linear_, X, _check_groups(groups, n)))
         if self.layout == "stacked":
             b = self.boosters_[0]
             if b is None:
@@ -226,27 +238,31 @@ class TierClassifier:
             out[:, t] = self.priors_[t] if b is None else b.predict(X, **kw)
         return out
 
-    def reference_proba(self, X: np.ndarray) -> dict[str, np.ndarray]:
+    def reference_proba(
+        self, X: np.ndarray, groups: Sequence[str | None] | None = None
+    ) -> dict[str, np.ndarray]:
         """Simpler probabilities ``[n, T]`` to compare this classifier with (``training.metrics.evaluate_router``'s
         ``reference_proba``): ``base_rates`` (every tier's training success rate, for every prompt) and, for the
-        ``linear`` layout, ``group_prior`` (:meth:`predict_group_prior`)."""
+        ``linear`` layout, ``group_prior`` (:meth:`predict_group_prior`, with the same ``groups``)."""
         X = np.asarray(X)
         n = 1 if X.ndim == 1 else X.shape[0]
         out = {"base_rates": np.tile(np.asarray(self.priors_, dtype=float), (n, 1))}
         if self.layout == "linear":
-            out["group_prior"] = self.predict_group_prior(X)
+            out["group_prior"] = self.predict_group_prior(X, groups)
         return out
 
-    def predict_group_prior(self, X: np.ndarray) -> np.ndarray:
+    def predict_group_prior(self, X: np.ndarray, groups: Sequence[str | None] | None = None) -> np.ndarray:
         """``linear`` layout: P(acceptable) ``[n, T]`` from the group prior alone (task or cluster success rates,
-        weighted by P(group | prompt)), without the per-prompt model; shows how much the latter adds."""
+        weighted by P(group | prompt), or the named task's rates), without the per-prompt model; shows how much
+        the latter adds."""
         if self.layout != "linear" or not self.linear_:
             raise ValueError("predict_group_prior needs a fitted linear-layout classifier")
         X = np.asarray(X, dtype=np.float64)
         if X.ndim == 1:
             X = X[None, :]
         group = self.linear_["group"]
-        return _group_proba(group, _inputs(self.linear_, X)) @ np.asarray(group["rates"])
+        named = _named_rows(group, _check_groups(groups, X.shape[0]), X.shape[0])
+        return _group_proba(group, _inputs(self.linear_, X), named) @ np.asarray(group["rates"])
 
     def calibrate(self, X: np.ndarray, Y: np.ndarray) -> TierClassifier:
         """Fit one calibrator per tier on a held-out calibration split (``Y``: 1 / 0 / NaN)."""
@@ -258,9 +274,17 @@ class TierClassifier:
             self.calibrators_.append(Calibrator.fit(self.calibration, raw[m, t], Y[m, t]))
         return self
 
-    def predict_proba(self, X: np.ndarray, num_threads: int | None = None) -> np.ndarray:
-        """Calibrated P(acceptable) per tier, ``[n, T]``."""
-        raw = self.predict_raw(X, num_threads=num_threads)
+    def predict_proba(
+        self, X: np.ndarray, num_threads: int | None = None, groups: Sequence[str | None] | None = None
+    ) -> np.ndarray:
+        """Calibrated P(acceptable) per tier, ``[n, T]``.
+
+        ``groups``: optionally the task of each row, as the training log's ``task`` column names it (None for
+        rows whose task is unknown). For a task in :attr:`task_groups`, the ``linear`` layout uses that task's
+        success rates instead of the task it predicts from the prompt; other values and other layouts change
+        nothing.
+        """
+        raw = self.predict_raw(X, num_threads=num_threads, groups=groups)
         return np.column_stack([c(raw[:, t]) for t, c in enumerate(self.calibrators_)])
 
     # --- persistence ---------------------------------------------------------------------------------------
@@ -332,7 +356,39 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _group_proba(g: dict[str, Any], Z: np.ndarray) -> np.ndarray:
+def _check_groups(groups: Sequence[str | None] | None, n: int) -> Sequence[str | None] | None:
+    if groups is None:
+        return None
+    if isinstance(groups, str):
+        raise TypeError("groups must be a sequence with one task (or None) per row, not a string")
+    if len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} entries for {n} rows")
+    return groups
+
+
+def _named_rows(g: dict[str, Any], groups: Sequence[str | None] | None, n: int) -> np.ndarray:
+    """Index of each row's named task among the learned tasks (-1: none named, unknown, or no task groups)."""
+    out = np.full(n, -1)
+    if groups is not None and g["kind"] == "task":
+        index = {c: j for j, c in enumerate(g["classes"]) if c}
+        for i, task in enumerate(groups):
+            if isinstance(task, str):
+                out[i] = index.get(task, -1)
+    return out
+
+
+def _group_proba(g: dict[str, Any], Z: np.ndarray, named: np.ndarray | None = None) -> np.ndarray:
+    """P(group | prompt) ``[n, G]``; rows with a named task (``named >= 0``, see :func:`_named_rows`) get it as a
+    one-hot row instead of the prediction."""
+    out = _predicted_group_proba(g, Z)
+    if named is not None and (named >= 0).any():
+        rows = np.flatnonzero(named >= 0)
+        out[rows] = 0.0
+        out[rows, named[rows]] = 1.0
+    return out
+
+
+def _predicted_group_proba(g: dict[str, Any], Z: np.ndarray) -> np.ndarray:
     if g["kind"] == "centroids":
         c = np.asarray(g["centroids"])
         d = (Z**2).sum(1)[:, None] - 2 * Z @ c.T + (c**2).sum(1)[None, :]
@@ -346,18 +402,30 @@ def _group_proba(g: dict[str, Any], Z: np.ndarray) -> np.ndarray:
     return _softmax(Z @ coef.T + icpt)
 
 
-def _component_logits(params: dict[str, Any], Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _component_logits(
+    params: dict[str, Any], Z: np.ndarray, named: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     g = params["group"]
-    prior = _group_proba(g, Z) @ np.asarray(g["rates"])
+    prior = _group_proba(g, Z, named) @ np.asarray(g["rates"])
     lin = Z @ np.asarray(params["lr_coef"]).T + np.asarray(params["lr_intercept"])
     return _logit(prior), lin
 
 
-def _linear_logits(params: dict[str, Any], X: np.ndarray) -> np.ndarray:
+def _linear_logits(
+    params: dict[str, Any], X: np.ndarray, groups: Sequence[str | None] | None = None
+) -> np.ndarray:
+    """Stacked logits ``[n, T]``. Rows whose task is named use the stacker fitted on named-task priors
+    (``stack_named``; models saved before it existed use ``stack``)."""
     Z = _inputs(params, X)
-    prior, lin = _component_logits(params, Z)
+    named = _named_rows(params["group"], groups, Z.shape[0])
+    prior, lin = _component_logits(params, Z, named)
     w = np.asarray(params["stack"])  # [T, 3]: prior weight, linear weight, intercept
-    return w[:, 0] * prior + w[:, 1] * lin + w[:, 2]
+    out = w[:, 0] * prior + w[:, 1] * lin + w[:, 2]
+    rows = named >= 0
+    if rows.any():
+        wn = np.asarray(params.get("stack_named", params["stack"]))
+        out[rows] = wn[:, 0] * prior[rows] + wn[:, 1] * lin[rows] + wn[:, 2]
+    return out
 
 
 def _fit_group_model(
@@ -368,7 +436,7 @@ def _fit_group_model(
     n = Z.shape[0]
     labels = None
     if groups is not None:
-        g = np.asarray(["" if x is None or (isinstance(x, float) and np.isnan(x)) else str(x) for x in groups])
+        g = np.asarray(_task_labels(groups))
         if np.unique(g).size >= 2:
             labels = g
     if labels is not None:
@@ -398,6 +466,29 @@ def _fit_group_model(
     return model
 
 
+def _task_labels(groups: Sequence[Any]) -> list[str]:
+    """Task labels as strings ("" where missing)."""
+    return ["" if x is None or (isinstance(x, float) and np.isnan(x)) else str(x) for x in groups]
+
+
+def _fit_stacker(oof_prior: np.ndarray, oof_lin: np.ndarray, Y: np.ndarray, priors: np.ndarray) -> list[list[float]]:
+    """Per tier, a logistic regression of the outcome on the two out-of-fold component logits: [T, 3] weights
+    (prior, linear, intercept); a tier with too few or constant outcomes keeps its base rate."""
+    from sklearn.linear_model import LogisticRegression
+
+    stack = []
+    for t in range(Y.shape[1]):
+        m = ~np.isnan(Y[:, t])
+        y = Y[m, t]
+        if m.sum() < 10 or np.unique(y).size < 2:
+            stack.append([0.0, 0.0, float(_logit(np.array([priors[t]]))[0])])
+            continue
+        F = np.column_stack([oof_prior[m, t], oof_lin[m, t]])
+        st = LogisticRegression(C=STACK_C, max_iter=1000).fit(F, y.astype(int))
+        stack.append([float(st.coef_[0, 0]), float(st.coef_[0, 1]), float(st.intercept_[0])])
+    return stack
+
+
 def _fit_lr(Z: np.ndarray, Y: np.ndarray, priors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.linear_model import LogisticRegression
 
@@ -417,9 +508,12 @@ def _fit_lr(Z: np.ndarray, Y: np.ndarray, priors: np.ndarray) -> tuple[np.ndarra
 def _fit_linear(
     X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None, n_embedding: int | None, priors: np.ndarray, seed: int
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """(parameters, out-of-fold probabilities of the training rows)."""
-    from sklearn.linear_model import LogisticRegression
+    """(parameters, out-of-fold probabilities of the training rows).
 
+    Two stackers share the components: ``stack`` over the prior of the task predicted from the prompt, and, when
+    the groups are the log's tasks, ``stack_named`` over the prior of each row's own task, for callers that name
+    it. Each is fitted on the out-of-fold version of the prior it is used with (a prior that is vague when
+    predicted can be sharp when named, and deserves another weight)."""
     X = np.asarray(X, dtype=np.float64)
     n, d = X.shape
     n_emb = 0 if n_embedding is None else int(min(n_embedding, d))
@@ -434,12 +528,13 @@ def _fit_linear(
         weight[n_emb:] = STRUCTURAL_WEIGHT if n_emb > 0 else 1.0
     params: dict[str, Any] = {"scale_mean": mean.tolist(), "scale_std": std.tolist(), "scale_weight": weight.tolist()}
     Z = _inputs(params, X)
-    g = None if groups is None else np.asarray(groups, dtype=object)
+    g = None if groups is None else np.asarray(_task_labels(groups), dtype=object)
 
-    # out-of-fold component logits for the stacker
+    # out-of-fold component logits for the stackers
     rng = np.random.default_rng(seed)
     fold = rng.integers(0, OOF_FOLDS, size=n)
     oof_prior = np.zeros(Y.shape)
+    oof_named = np.zeros(Y.shape)
     oof_lin = np.zeros(Y.shape)
     for j in range(OOF_FOLDS):
         a, b = fold != j, fold == j
@@ -452,21 +547,15 @@ def _fit_linear(
         }
         part["lr_coef"], part["lr_intercept"] = _fit_lr(Z[a], Y[a], pr)
         oof_prior[b], oof_lin[b] = _component_logits(part, Z[b])
+        named = _named_rows(part["group"], None if g is None else list(g[b]), int(b.sum()))
+        oof_named[b] = _component_logits(part, Z[b], named)[0]
 
     params["group"] = _fit_group_model(Z, Y, g, np.clip(priors, 1e-4, 1 - 1e-4), seed)
     coef, icpt = _fit_lr(Z, Y, np.clip(priors, 1e-4, 1 - 1e-4))
     params["lr_coef"], params["lr_intercept"] = coef.tolist(), icpt.tolist()
-    stack = []
-    for t in range(Y.shape[1]):
-        m = ~np.isnan(Y[:, t])
-        y = Y[m, t]
-        if m.sum() < 10 or np.unique(y).size < 2:
-            stack.append([0.0, 0.0, float(_logit(np.array([priors[t]]))[0])])
-            continue
-        F = np.column_stack([oof_prior[m, t], oof_lin[m, t]])
-        st = LogisticRegression(C=STACK_C, max_iter=1000).fit(F, y.astype(int))
-        stack.append([float(st.coef_[0, 0]), float(st.coef_[0, 1]), float(st.intercept_[0])])
-    params["stack"] = stack
-    w = np.asarray(stack)
+    params["stack"] = _fit_stacker(oof_prior, oof_lin, Y, priors)
+    if params["group"]["kind"] == "task":
+        params["stack_named"] = _fit_stacker(oof_named, oof_lin, Y, priors)
+    w = np.asarray(params["stack"])
     oof = _sigmoid(w[:, 0] * oof_prior + w[:, 1] * oof_lin + w[:, 2])
     return params, oof

@@ -156,13 +156,32 @@ class Router:
             parts.append(structural_features(prompts, roles))
         return np.hstack(parts).astype(np.float32)
 
-    def predict_proba_array(self, prompts: Sequence[str], roles: Sequence[str | None] | None = None) -> np.ndarray:
-        """P(acceptable) per tier as an array ``[n, T]``."""
-        return self.classifier.predict_proba(self.features(prompts, roles), num_threads=self.num_threads)
+    @property
+    def known_tasks(self) -> list[str]:
+        """Tasks the model learned success rates for (the training log's ``task`` values; empty when the log had
+        none). Naming one of them when routing (``task=``) uses its rates instead of the task predicted from the
+        prompt."""
+        return self.classifier.task_groups
 
-    def predict_proba(self, prompts: Sequence[str], roles: Sequence[str | None] | None = None) -> pd.DataFrame:
+    def predict_proba_array(
+        self,
+        prompts: Sequence[str],
+        roles: Sequence[str | None] | None = None,
+        tasks: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
+        """P(acceptable) per tier as an array ``[n, T]``. ``tasks``: each prompt's task when the caller knows it
+        (None where not); see :attr:`known_tasks`."""
+        X = self.features(prompts, roles)
+        return self.classifier.predict_proba(X, num_threads=self.num_threads, groups=tasks)
+
+    def predict_proba(
+        self,
+        prompts: Sequence[str],
+        roles: Sequence[str | None] | None = None,
+        tasks: Sequence[str | None] | None = None,
+    ) -> pd.DataFrame:
         """P(acceptable) per tier: one row per prompt, one column per tier (cheapest first)."""
-        return pd.DataFrame(self.predict_proba_array(prompts, roles), columns=self.tiers)
+        return pd.DataFrame(self.predict_proba_array(prompts, roles, tasks), columns=self.tiers)
 
     def route(
         self,
@@ -171,9 +190,15 @@ class Router:
         role: str | None = None,
         min_tier: str | None = None,
         max_tier: str | None = None,
+        task: str | None = None,
     ) -> Decision:
-        """Recommend a tier for one prompt. See :func:`router.decision.decide` for the rule."""
-        return self.route_batch([prompt], threshold=threshold, roles=[role], min_tier=min_tier, max_tier=max_tier)[0]
+        """Recommend a tier for one prompt. See :func:`router.decision.decide` for the rule.
+
+        ``task``: the prompt's task, named as in the training log's ``task`` column, when the caller knows it
+        (a known task routes with its learned success rates; see :attr:`known_tasks`)."""
+        return self.route_batch(
+            [prompt], threshold=threshold, roles=[role], min_tier=min_tier, max_tier=max_tier, tasks=[task]
+        )[0]
 
     def route_batch(
         self,
@@ -182,6 +207,7 @@ class Router:
         roles: Sequence[str | None] | None = None,
         min_tier: str | None = None,
         max_tier: str | None = None,
+        tasks: Sequence[str | None] | None = None,
     ) -> list[Decision]:
         """Vectorised :meth:`route`: one encoder and one classifier call for all prompts."""
         if isinstance(prompts, str):
@@ -190,7 +216,9 @@ class Router:
         for r in roles:
             if r is not None and r not in ROLES:
                 raise ValueError(f"unknown role {r!r}; roles are {', '.join(ROLES)}")
-        proba = self.predict_proba_array(prompts, roles)
+        if tasks is not None and len(tasks) != len(prompts):
+            raise ValueError(f"tasks has {len(tasks)} entries for {len(prompts)} prompts")
+        proba = self.predict_proba_array(prompts, roles, tasks)
         return [
             self.decide(p, threshold=threshold, role=r, min_tier=min_tier, max_tier=max_tier, prompt_chars=len(text))
             for p, r, text in zip(proba, roles, prompts, strict=True)

@@ -1,11 +1,11 @@
 """Micro-batching: concurrent requests share one encoder + classifier call.
 
-Each ``/v1/route`` request puts its text on a queue and awaits a future. A collector task waits until an inference
-slot is free, takes the requests already waiting (up to ``max_batch``, shared fairly with the other idle slots),
-lets the batch fill for ``window_ms`` more when it is not full and the server is busy, and runs
-``router.predict_proba_array`` once for the whole batch in a worker thread. While that call runs, new requests queue
-up and form the next batch, so under load the batch size grows with the arrival rate instead of requests queueing one
-by one. A lone request on an idle server is dispatched at once (no window).
+Each ``/v1/route`` request puts its text (with its role and task) on a queue and awaits a future. A collector task
+waits until an inference slot is free, takes the requests already waiting (up to ``max_batch``, shared fairly with
+the other idle slots), lets the batch fill for ``window_ms`` more when it is not full and the server is busy, and
+runs ``router.predict_proba_array`` once for the whole batch in a worker thread. While that call runs, new requests
+queue up and form the next batch, so under load the batch size grows with the arrival rate instead of requests
+queueing one by one. A lone request on an idle server is dispatched at once (no window).
 
 The model is read once per batch (``get_model()``), so a batch never mixes two models during a reload; each
 caller gets the model together with its probability row and makes its decision with that same model.
@@ -25,14 +25,15 @@ import numpy as np
 
 log = logging.getLogger("tierwise.service")
 
-_Item = tuple[str, str | None, "asyncio.Future[tuple[Any, np.ndarray]]"]
+_Item = tuple[str, str | None, str | None, "asyncio.Future[tuple[Any, np.ndarray]]"]  # text, role, task, result
+Predict = Callable[[Any, list[str], list[str | None], list[str | None]], np.ndarray]  # model, texts, roles, tasks
 
 
 class MicroBatcher:
     def __init__(
         self,
         get_model: Callable[[], Any],
-        predict: Callable[[Any, list[str], list[str | None]], np.ndarray],
+        predict: Predict,
         *,
         window_ms: float = 1.0,
         max_batch: int = 64,
@@ -68,22 +69,26 @@ class MicroBatcher:
             await asyncio.gather(*self._running, return_exceptions=True)
         if self._queue is not None:
             while not self._queue.empty():
-                _, _, fut = self._queue.get_nowait()
+                *_, fut = self._queue.get_nowait()
                 if not fut.done():
                     fut.set_exception(RuntimeError("service is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # --- API ---------------------------------------------------------------------------------------------------
-    async def submit(self, text: str, role: str | None) -> tuple[Any, np.ndarray]:
+    async def submit(self, text: str, role: str | None, task: str | None = None) -> tuple[Any, np.ndarray]:
         """(model, P(acceptable) per tier) for one prompt, computed together with concurrent requests."""
         if self._queue is None:
             raise RuntimeError("micro-batcher not started")
         fut: asyncio.Future[tuple[Any, np.ndarray]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((text, role, fut))
+        self._queue.put_nowait((text, role, task, fut))
         return await fut
 
     async def run_many(
-        self, texts: Sequence[str], roles: Sequence[str | None], chunk: int = 256
+        self,
+        texts: Sequence[str],
+        roles: Sequence[str | None],
+        tasks: Sequence[str | None] | None = None,
+        chunk: int = 256,
     ) -> tuple[Any, np.ndarray]:
         """Probabilities for many prompts (the batch and plan endpoints), in chunks that share the inference slots
         fairly with the micro-batches; one model for all chunks."""
@@ -91,12 +96,14 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         model = self.get_model()
         parts = []
+        all_tasks = list(tasks) if tasks is not None else [None] * len(texts)
         for start in range(0, len(texts), chunk):
-            t, r = list(texts[start : start + chunk]), list(roles[start : start + chunk])
+            end = start + chunk
+            t, r, k = list(texts[start:end]), list(roles[start:end]), all_tasks[start:end]
             await self._slots.acquire()
             self._idle -= 1
             try:
-                parts.append(await loop.run_in_executor(self._executor, self.predict, model, t, r))
+                parts.append(await loop.run_in_executor(self._executor, self.predict, model, t, r, k))
             finally:
                 self._release()
             if self.on_batch:
@@ -138,7 +145,7 @@ class MicroBatcher:
                 self._release()
                 self._fail(batch, RuntimeError("service is shutting down"))
                 raise
-            batch = [b for b in batch if not b[2].done()]  # callers that went away
+            batch = [b for b in batch if not b[3].done()]  # callers that went away
             if not batch:
                 self._release()
                 continue
@@ -148,7 +155,7 @@ class MicroBatcher:
 
     @staticmethod
     def _fail(batch: list[_Item], exc: BaseException) -> None:
-        for _, _, fut in batch:
+        for *_, fut in batch:
             if not fut.done():
                 fut.set_exception(exc)
 
@@ -158,23 +165,26 @@ class MicroBatcher:
         try:
             texts = [b[0] for b in batch]
             roles = [b[1] for b in batch]
+            tasks = [b[2] for b in batch]
             try:
-                model, proba = await loop.run_in_executor(self._executor, self._predict, texts, roles)
+                model, proba = await loop.run_in_executor(self._executor, self._predict, texts, roles, tasks)
                 if self.on_batch:
                     self.on_batch(len(batch))
-                for i, (_, _, fut) in enumerate(batch):
+                for i, (*_, fut) in enumerate(batch):
                     if not fut.done():
                         fut.set_result((model, proba[i]))
                 return
             except Exception as exc:  # noqa: BLE001 - isolate the failing prompt below
                 if len(batch) == 1:
-                    if not batch[0][2].done():
-                        batch[0][2].set_exception(exc)
+                    if not batch[0][3].done():
+                        batch[0][3].set_exception(exc)
                     return
                 log.warning("micro-batch of %d failed (%s); retrying prompt by prompt", len(batch), type(exc).__name__)
-            for text, role, fut in batch:
+            for text, role, task, fut in batch:
                 try:
-                    model, proba = await loop.run_in_executor(self._executor, self._predict, [text], [role])
+                    model, proba = await loop.run_in_executor(
+                        self._executor, self._predict, [text], [role], [task]
+                    )
                     if not fut.done():
                         fut.set_result((model, proba[0]))
                 except Exception as exc:  # noqa: BLE001
@@ -188,6 +198,8 @@ class MicroBatcher:
         self._idle += 1
         self._slots.release()
 
-    def _predict(self, texts: list[str], roles: list[str | None]) -> tuple[Any, np.ndarray]:
+    def _predict(
+        self, texts: list[str], roles: list[str | None], tasks: list[str | None]
+    ) -> tuple[Any, np.ndarray]:
         model = self.get_model()
-        return model, self.predict(model, texts, roles)
+        return model, self.predict(model, texts, roles, tasks)

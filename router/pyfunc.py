@@ -1,7 +1,7 @@
 """MLflow pyfunc flavour of a tierwise router.
 
 ``mlflow.pyfunc.load_model("models:/tierwise@champion").predict(df)`` takes a DataFrame with a ``prompt`` column
-(optional ``role``, ``threshold``) and returns one row per prompt: ``tier``, ``model``, ``reason``, ``threshold``
+(optional ``role``, ``task``, ``threshold``) and returns one row per prompt: ``tier``, ``model``, ``reason``, ``threshold``
 and ``p_<tier>`` for every tier. ``mlflow models serve`` works the same way.
 """
 
@@ -28,8 +28,9 @@ class TierwisePyfunc(mlflow.pyfunc.PythonModel):
             raise ValueError("tierwise pyfunc expects a DataFrame with a 'prompt' column")
         prompts = model_input["prompt"].astype(str).tolist()
         roles = model_input["role"].tolist() if "role" in model_input else None
+        tasks = [None if pd.isna(t) else str(t) for t in model_input["task"]] if "task" in model_input else None
         threshold = (params or {}).get("threshold")
-        proba = self.router.predict_proba_array(prompts, roles)
+        proba = self.router.predict_proba_array(prompts, roles, tasks)
         rows = []
         for i, p in enumerate(proba):
             thr = threshold

@@ -115,11 +115,17 @@ class ChatMessage(BaseModel):
 
 
 class RequestMetadata(BaseModel):
-    """Free-form request metadata, written to the decision log (never used for routing)."""
+    """Free-form request metadata, written to the decision log. Only ``task`` can inform the routing."""
 
     model_config = ConfigDict(extra="allow")
 
-    task: str | None = Field(None, max_length=200, description="Task label, exported as `task` for training.")
+    task: str | None = Field(
+        None,
+        max_length=200,
+        description="The request's task, as the training log's `task` column names it (exported as `task` for "
+        "training). A task the model learned routes with that task's success rates instead of the task it "
+        "predicts from the prompt (`task_known` in the response); an unknown task only goes to the log.",
+    )
     tenant: str | None = Field(None, max_length=200, description="Tenant / customer id.")
 
 
@@ -151,7 +157,9 @@ class RoutingOptions(BaseModel):
         description="`batch` when the answer may come from the provider's batch API: the response then gives the "
         "discounted cost estimate.",
     )
-    metadata: RequestMetadata | None = Field(None, description="Free-form (task, tenant, ...): logged, not routed.")
+    metadata: RequestMetadata | None = Field(
+        None, description="Free-form (task, tenant, ...): logged; a task the model knows also informs the routing."
+    )
 
     @model_validator(mode="after")
     def _one_knob(self) -> RoutingOptions:
@@ -373,6 +381,10 @@ class RouteResponse(BaseModel):
         "`clamped_by_max_tier`."
     )
     escalation: list[str] = Field(description="Tiers to try, in order, if the answer fails verification.")
+    task_known: bool | None = Field(
+        description="null: no `metadata.task` given; true: the model learned that task and routed with its success "
+        "rates; false: a task the model never saw (routed as if none was given)."
+    )
     estimated_cost_usd: CostEstimate
     batch: BatchAdvice | None = Field(description="Set when latency_tolerance is `batch`.")
     router_version: str = Field(description="Registered model name/version (or the model URI).")
@@ -394,6 +406,7 @@ class StepDecision(BaseModel):
     p_acceptable: dict[str, float]
     reason: str
     escalation: list[str]
+    task_known: bool | None = Field(description="As in RouteResponse, for the plan's `metadata.task`.")
     estimated_cost_usd: float | None
 
 

@@ -754,6 +754,7 @@ class Service:
             "threshold": d.threshold,
             "reason": d.reason,
             "escalation": d.escalation,
+            "task_known": _task_known(m, _task(req)),
             "estimated_cost_usd": {"tier": chosen, "top_tier": top, "input_tokens": in_tok, "output_tokens": out_tok},
             "batch": batch_advice,
             "router_version": m.label,
@@ -838,7 +839,7 @@ class Service:
         self._threshold(current, req)  # reject bad knobs before spending encoder time
         self._bounds(current, req)
         text = req.routing_text()
-        m, proba = await self.batcher.submit(text, req.role)
+        m, proba = await self.batcher.submit(text, req.role, _task(req))
         payload, _ = self._route_payload(m, req, proba, text, "/v1/route", t0)
         self.metrics.latency.labels(endpoint="/v1/route").observe(time.perf_counter() - t0)
         return Response(_dumps(payload), media_type="application/json", headers=self._headers(m, payload))
@@ -857,7 +858,9 @@ class Service:
             self._threshold(current, r, f"requests.{i}.")
             self._bounds(current, r, f"requests.{i}.")
         texts = [r.routing_text() for r in body.requests]
-        m, proba = await self.batcher.run_many(texts, [r.role for r in body.requests])
+        m, proba = await self.batcher.run_many(
+            texts, [r.role for r in body.requests], [_task(r) for r in body.requests]
+        )
         results = [
             self._route_payload(m, r, proba[i], texts[i], "/v1/route/batch", t0, f"requests.{i}.")[0]
             for i, r in enumerate(body.requests)
@@ -886,7 +889,8 @@ class Service:
         self._bounds(current, body)
         texts = [body.goal] + [s.text for s in steps]
         roles: list[str] = ["plan"] + [s.role for s in steps]
-        m, proba = await self.batcher.run_many(texts, roles)
+        m, proba = await self.batcher.run_many(texts, roles, [_task(body)] * len(texts))
+        task_known = _task_known(m, _task(body))
         thr = self._threshold(m, body)
         lo, hi = self._bounds(m, body)
         cat = m.router.catalog
@@ -918,6 +922,7 @@ class Service:
                 "threshold": d.threshold,
                 "reason": d.reason,
                 "escalation": d.escalation,
+                "task_known": task_known,
                 "estimated_cost_usd": usd,
             }
             self._account(m, "/v1/route/plan", p, text, body.metadata, usd, top_usd)
@@ -1045,8 +1050,17 @@ class Service:
         }
 
 
-def _predict(model: LoadedModel, texts: list[str], roles: list[str | None]) -> np.ndarray:
-    return model.router.predict_proba_array(texts, roles)
+def _predict(model: LoadedModel, texts: list[str], roles: list[str | None], tasks: list[str | None]) -> np.ndarray:
+    return model.router.predict_proba_array(texts, roles, tasks)
+
+
+def _task(options: RoutingOptions) -> str | None:
+    """The task the caller named (``metadata.task``), if any."""
+    return options.metadata.task if options.metadata is not None else None
+
+
+def _task_known(m: LoadedModel, task: str | None) -> bool | None:
+    return None if task is None else task in m.router.known_tasks
 
 
 def _write_startup_error(message: str) -> None:

@@ -120,6 +120,41 @@ def test_group_prior_alone_knows_groups_not_prompts() -> None:
         TierClassifier(3, layout="per_tier", n_estimators=5).fit(X, Y).predict_group_prior(Xt)
 
 
+def test_a_named_task_replaces_the_predicted_one() -> None:
+    # the task is invisible in the features (random assignment), so only a caller that names it can use its rates
+    X, Y = _data(3000, 11)
+    rng = np.random.default_rng(0)
+    groups = rng.choice(["easy", "hard"], size=3000)
+    Y[groups == "hard"] = (rng.random(((groups == "hard").sum(), 3)) < 0.1).astype(float)
+    clf = TierClassifier(3, layout="linear", calibration="none").fit(X, Y, groups=groups)
+    assert clf.task_groups == ["easy", "hard"]
+    Xt, _ = _data(400, 12)
+    predicted = clf.predict_proba(Xt)
+    hard = clf.predict_proba(Xt, groups=["hard"] * 400)
+    easy = clf.predict_proba(Xt, groups=["easy"] * 400)
+    assert (hard < predicted).mean() > 0.95 and (easy > predicted).mean() > 0.95
+    assert hard[:, 2].mean() < easy[:, 2].mean() - 0.3
+    # the group prior alone follows the named task's learned rates exactly
+    rates = np.asarray(clf.linear_["group"]["rates"])
+    np.testing.assert_allclose(clf.predict_group_prior(Xt[:2], groups=["hard", "easy"]), rates[[1, 0]])
+    np.testing.assert_allclose(clf.reference_proba(Xt[:2], groups=["hard", "easy"])["group_prior"], rates[[1, 0]])
+    # unknown or missing tasks fall back to the prediction, row by row
+    mixed = clf.predict_proba(Xt[:3], groups=["hard", "no-such-task", None])
+    np.testing.assert_allclose(mixed[0], hard[0])
+    np.testing.assert_allclose(mixed[1:], predicted[1:3])
+    with pytest.raises(ValueError, match="2 entries for 3 rows"):
+        clf.predict_proba(Xt[:3], groups=["hard", "easy"])
+    with pytest.raises(TypeError, match="not a string"):
+        clf.predict_proba(Xt[:4], groups="hard")
+    # without a task column (k-means groups) and for LightGBM, there is nothing to name
+    for other in (
+        TierClassifier(3, layout="linear", calibration="none").fit(X, Y),
+        TierClassifier(3, layout="per_tier", n_estimators=5).fit(X, Y),
+    ):
+        assert other.task_groups == []
+        np.testing.assert_array_equal(other.predict_proba(Xt, groups=["hard"] * 400), other.predict_proba(Xt))
+
+
 def test_linear_out_of_fold_probabilities() -> None:
     from sklearn.metrics import roc_auc_score
 

@@ -82,6 +82,39 @@ def test_router_loads_from_registry_and_routes(trained, store: str) -> None:
     assert [b.tier for b in batch] == [r.route("hi there, how are you?").tier, r.route(hard).tier]
 
 
+def test_router_routes_with_a_task_the_caller_names(trained, store: str) -> None:
+    from training.demo import TASKS
+
+    r = Router.load(f"models:/{NAME}@champion", tracking_uri=store)
+    assert r.known_tasks == sorted(TASKS)
+    p = "Write a Python function that merges two sorted lists."
+    plain = r.route(p).probabilities
+    assert r.route(p, task="no-such-task").probabilities == plain
+    assert r.route(p, task="code").probabilities != plain
+    assert r.route(p, task="math").probabilities != r.route(p, task="code").probabilities
+    batch = r.route_batch([p, p], tasks=["math", None])
+    assert [d.probabilities for d in batch] == [r.route(p, task="math").probabilities, plain]
+    with pytest.raises(ValueError, match="1 entries for 2 prompts"):
+        r.route_batch([p, p], tasks=["math"])
+
+
+def test_evaluation_passes_the_logged_task_unless_told_not_to() -> None:
+    import dataclasses
+
+    from training.pipeline import evaluate, fit_router, test_tasks
+
+    prepared = prepare_data(demo_log(), demo_catalog())
+    prompts = prepared.labelled.prompts
+    tasks = test_tasks(prompts, TrainConfig())
+    assert tasks == prompts["task"].astype(str).tolist()
+    assert test_tasks(prompts, TrainConfig(eval_known_task=False)) is None
+    assert test_tasks(prompts.drop(columns="task"), TrainConfig()) is None
+    fitted = fit_router(prepared, TrainConfig(), progress=False)
+    named = evaluate(prepared, fitted).metrics()
+    predicted = evaluate(prepared, dataclasses.replace(fitted, config=TrainConfig(eval_known_task=False))).metrics()
+    assert named["brier_ref_group_prior"] != predicted["brier_ref_group_prior"]
+
+
 def test_router_prices_each_prompt_by_length(trained, store: str) -> None:
     r = Router.load(f"models:/{NAME}@champion", tracking_uri=store)
     cm = r.cost_model
@@ -135,7 +168,8 @@ def test_pyfunc_in_fresh_process(trained, store: str) -> None:
         "import json, sys, mlflow, pandas as pd\n"
         f"mlflow.set_tracking_uri({store!r})\n"
         f"m = mlflow.pyfunc.load_model('models:/{NAME}@champion')\n"
-        "out = m.predict(pd.DataFrame({'prompt': ['hello', 'Write a SQL query that joins three tables.']}))\n"
+        "sql = 'Write a SQL query that joins three tables.'\n"
+        "out = m.predict(pd.DataFrame({'prompt': ['hello', sql, sql], 'task': [None, None, 'math']}))\n"
         "print(json.dumps(out.to_dict(orient='records')))\n"
         "print('TORCH', 'torch' in sys.modules)\n"
     )
@@ -143,8 +177,11 @@ def test_pyfunc_in_fresh_process(trained, store: str) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     rows = json.loads(lines[-2])
-    assert len(rows) == 2
+    assert len(rows) == 3
     assert rows[0]["tier"] in demo_catalog().tier_names
+    # a task column names each prompt's task, as in the training log
+    p_cols = [f"p_{t}" for t in demo_catalog().tier_names]
+    assert [rows[1][c] for c in p_cols] != [rows[2][c] for c in p_cols]
     assert {f"p_{t}" for t in demo_catalog().tier_names} <= set(rows[0])
     # the default ONNX encoder serves without torch
     assert lines[-1] == "TORCH False"

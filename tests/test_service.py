@@ -183,6 +183,31 @@ def test_routing_knobs(client: httpx.Client) -> None:
     )
 
 
+def test_a_known_task_routes_with_its_rates(client: httpx.Client) -> None:
+    from training.demo import TASKS
+
+    p = "Write a Python function that merges two sorted lists."
+    plain = route(client, prompt=p).json()
+    assert plain["task_known"] is None
+    unknown = route(client, prompt=p, metadata={"task": "no-such-task"}).json()
+    assert unknown["task_known"] is False and unknown["p_acceptable"] == plain["p_acceptable"]
+    named = {t: route(client, prompt=p, metadata={"task": t}).json() for t in TASKS}
+    assert all(d["task_known"] is True for d in named.values())
+    # the same prompt under each task the demo model learned: one distinct probability row per task
+    assert len({tuple(d["p_acceptable"].values()) for d in named.values()}) == len(TASKS)
+    batch = client.post(
+        "/v1/route/batch",
+        json={"requests": [{"prompt": p, "metadata": {"task": t}} for t in ("math", "chat")] + [{"prompt": p}]},
+    ).json()["results"]
+    assert [r["p_acceptable"] for r in batch] == [
+        named["math"]["p_acceptable"], named["chat"]["p_acceptable"], plain["p_acceptable"]
+    ]
+    assert [r["task_known"] for r in batch] == [True, True, None]
+    body = {"goal": "Ship a login page", "steps": ["Write the HTML form"], "metadata": {"task": "code"}}
+    plan = client.post("/v1/route/plan", json=body).json()
+    assert plan["planner"]["task_known"] is True and plan["steps"][0]["task_known"] is True
+
+
 def test_batch_endpoint_matches_single_route(client: httpx.Client) -> None:
     prompts = ["hi there", "Prove that there are infinitely many primes.", "Translate 'cat' to German."]
     r = client.post(
@@ -533,21 +558,26 @@ def test_microbatcher_batches_and_isolates_a_failing_prompt() -> None:
     from router.microbatch import MicroBatcher
 
     calls: list[int] = []
+    seen_tasks: list[str | None] = []
 
-    def predict(model: str, texts: list[str], roles: list[str | None]) -> np.ndarray:
+    def predict(model: str, texts: list[str], roles: list[str | None], tasks: list[str | None]) -> np.ndarray:
         calls.append(len(texts))
+        seen_tasks.extend(tasks)
         time.sleep(0.01)
         if "poison" in texts:
             raise ValueError("cannot encode")
-        return np.array([[len(t), 1.0] for t in texts])
+        return np.array([[len(t), len(k or "")] for t, k in zip(texts, tasks, strict=True)])
 
     async def scenario() -> list[object]:
         mb = MicroBatcher(lambda: "model-a", predict, window_ms=2, max_batch=64, threads=2)
         await mb.start()
         try:
             texts = [f"t{i:02d}" for i in range(30)] + ["poison"]
-            out = await asyncio.gather(*[mb.submit(t, None) for t in texts], return_exceptions=True)
-            many = await mb.run_many(["a", "bb", "ccc"], [None, None, "plan"], chunk=2)
+            # task i is i letters long, so every result shows which task travelled with its prompt
+            calls_ = [mb.submit(t, None, "x" * i) for i, t in enumerate(texts)]
+            out = await asyncio.gather(*calls_, return_exceptions=True)
+            seen_tasks.clear()
+            many = await mb.run_many(["a", "bb", "ccc"], [None, None, "plan"], ["x", None, "y"], chunk=2)
         finally:
             await mb.stop()
         return [out, many]
@@ -555,8 +585,9 @@ def test_microbatcher_batches_and_isolates_a_failing_prompt() -> None:
     out, (model, many) = asyncio.run(scenario())
     assert isinstance(out[-1], ValueError)
     for i, res in enumerate(out[:-1]):
-        assert res[0] == "model-a" and res[1][0] == len(f"t{i:02d}")
-    assert model == "model-a" and many[:, 0].tolist() == [1, 2, 3]
+        assert res[0] == "model-a" and res[1].tolist() == [len(f"t{i:02d}"), i]
+    assert model == "model-a" and many.tolist() == [[1, 1], [2, 0], [3, 1]]
+    assert seen_tasks == ["x", None, "y"]
     assert len(calls) < 31 + 31  # batched (a failed batch is retried prompt by prompt)
 
 

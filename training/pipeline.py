@@ -57,6 +57,12 @@ class TrainConfig(BaseModel):
     task_groups: bool = Field(
         True, description="linear layout: learn the group prior from the log's task column when it has one."
     )
+    eval_known_task: bool = Field(
+        True,
+        description="Evaluation: the router is given each test prompt's logged task, as a caller that names its "
+        "task (the service's metadata.task) gets; false: it predicts the task from the prompt, as for a caller that "
+        "does not. Changes nothing when the log has no task column.",
+    )
     decision_rule: Literal["threshold", "utility"] = Field(
         "utility", description="Decision rule stored in the bundle (router.decision): utility or threshold."
     )
@@ -360,8 +366,9 @@ def evaluate(prepared: PreparedData, fitted: FittedRouter, proba_test: np.ndarra
         log.warning("no complete test prompts (every tier tried): skipping evaluation")
         return None
     tr = split == "train" if fitted.fit_rows is None else fitted.fit_rows
+    tasks = test_tasks(lab.prompts.loc[te], fitted.config)
     if proba_test is None:
-        proba_test = fitted.classifier.predict_proba(fitted.features[te])
+        proba_test = fitted.classifier.predict_proba(fitted.features[te], groups=tasks)
     knn = knn_proba(fitted.embeddings[tr], lab.acceptable[tr], fitted.embeddings[te], k=fitted.config.knn_k)
     rule, costs = fitted.decision_rule, fitted.tier_costs
     rc = fitted.row_costs(lab.prompts.loc[te])
@@ -383,8 +390,17 @@ def evaluate(prepared: PreparedData, fitted: FittedRouter, proba_test: np.ndarra
         tier_costs=costs,
         row_costs=rc,
         two_tier_score=two_tier_score(proba_test, rule),
-        reference_proba=fitted.classifier.reference_proba(fitted.features[te]),  # what the per-prompt model adds
+        # what the per-prompt model adds
+        reference_proba=fitted.classifier.reference_proba(fitted.features[te], groups=tasks),
     )
+
+
+def test_tasks(prompts: pd.DataFrame, config: TrainConfig) -> list[str | None] | None:
+    """The task each test prompt's caller would name (``eval_known_task``): the log's ``task`` column, or None
+    when the log has none or the config evaluates without it."""
+    if not config.eval_known_task or "task" not in prompts or not prompts["task"].notna().any():
+        return None
+    return [None if pd.isna(t) else str(t) for t in prompts["task"].tolist()]
 
 
 def two_tier_score(proba: np.ndarray, rule: str) -> np.ndarray:
