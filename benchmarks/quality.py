@@ -65,6 +65,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "LightGBM per_tier layout": {"layout": "per_tier"},
     "LightGBM stacked layout": {"layout": "stacked"},
     "previous default (LightGBM stacked + threshold rule)": {"layout": "stacked", "decision_rule": "threshold"},
+    "task predicted from the prompt, not named by the caller": {"eval_known_task": False},
     "k-means groups instead of the task column": {"task_groups": False},
     "no structural features": {"structural_features": False},
     "fit on train only, knob on the calibration split": {"oof_knob": False},
