@@ -46,6 +46,7 @@ GROUP_C = 10.0  # inverse L2 strength of the multinomial P(group | prompt)
 GROUP_SHRINK = 10.0  # pseudo-observations pulling a group's success rate towards the tier's overall rate
 STACK_C = 1.0
 OOF_FOLDS = 3
+LINEAR_BAGS = 1  # default fits of the linear layout with different seeds, averaged (see TierClassifier)
 CalibrationKind = Literal["sigmoid", "isotonic", "none"]
 
 DEFAULT_LGBM_PARAMS: dict[str, Any] = {
@@ -121,6 +122,9 @@ class TierClassifier:
         random_state: seed for LightGBM's bagging and feature sampling, k-means and the out-of-fold splits.
         n_embedding: ``linear`` layout: the first ``n_embedding`` feature columns are a unit-norm embedding (used
             as is); the others are standardised and scaled by ``STRUCTURAL_WEIGHT``. ``None``: standardise all.
+        n_bags: ``linear`` layout: how many fits with seeds ``random_state, random_state + 1, ...`` to average.
+            The seed decides the out-of-fold partition the stackers learn from and the k-means groups of a log
+            without tasks; on small logs one fit's figures moved by a few points with it, the average does not.
     """
 
     def __init__(
@@ -133,9 +137,12 @@ class TierClassifier:
         params: dict[str, Any] | None = None,
         random_state: int = 0,
         n_embedding: int | None = None,
+        n_bags: int = LINEAR_BAGS,
     ) -> None:
         if n_tiers < 1:
             raise ValueError("n_tiers must be >= 1")
+        if n_bags < 1:
+            raise ValueError("n_bags must be >= 1")
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
         self.n_tiers = n_tiers
@@ -149,7 +156,9 @@ class TierClassifier:
         self.calibrators_: list[Calibrator] = [Calibrator() for _ in range(n_tiers)]
         self.n_features_: int | None = None
         self.n_embedding = n_embedding
+        self.n_bags = n_bags
         self.linear_: dict[str, Any] = {}
+        """``linear`` layout, after :meth:`fit`: ``{"bags": [parameters of each fit]}``."""
         self.oof_proba_: np.ndarray | None = None
         """``linear`` layout, after :meth:`fit`: uncalibrated out-of-fold P(acceptable) ``[n, T]`` of the training
         rows (each row's components come from models fitted without it); not saved."""
@@ -177,9 +186,12 @@ class TierClassifier:
         self.priors_ = [float(np.nanmean(Y[:, t])) if observed[:, t].any() else 0.5 for t in range(self.n_tiers)]
         if self.layout == "linear":
             self.boosters_ = []
-            self.linear_, self.oof_proba_ = _fit_linear(
-                X, Y, groups, self.n_embedding, np.asarray(self.priors_), self.random_state
-            )
+            priors = np.asarray(self.priors_)
+            fits = [_fit_linear(X, Y, groups, self.n_embedding, priors, self.random_state)]
+            for b in range(1, self.n_bags):  # the seed-free full-data parts are fitted once
+                fits.append(_fit_linear(X, Y, groups, self.n_embedding, priors, self.random_state + b, fits[0][0]))
+            self.linear_ = {"bags": [params for params, _ in fits]}
+            self.oof_proba_ = np.mean([oof for _, oof in fits], axis=0)
         elif self.layout == "stacked":
             Xs, ys = self._stack(X), Y.reshape(-1)
             keep = ~np.isnan(ys)
@@ -205,11 +217,18 @@ class TierClassifier:
         )
         return lgb.train(self.params, ds, num_boost_round=self.n_estimators)
 
+    def _bags(self) -> list[dict[str, Any]]:
+        """``linear`` layout: the parameters of every fit (models saved before bagging hold one, unwrapped)."""
+        if not self.linear_:
+            return []
+        return self.linear_["bags"] if "bags" in self.linear_ else [self.linear_]
+
     @property
     def task_groups(self) -> list[str]:
         """The tasks the ``linear`` layout's group prior learned (the log's ``task`` values); empty when its
         groups are k-means clusters or for the LightGBM layouts. Only these tasks change a prediction."""
-        group = self.linear_.get("group") if self.layout == "linear" else None
+        bags = self._bags() if self.layout == "linear" else []
+        group = bags[0]["group"] if bags else None
         return [c for c in group["classes"] if c] if group and group.get("kind") == "task" else []
 
     def predict_raw(
@@ -226,7 +245,8 @@ class TierClassifier:
         kw = {"num_threads": num_threads} if num_threads else {}
         n = X.shape[0]
         if self.layout == "linear":
-            return _sigmoid(_linear_logits(self.linear_, X, _check_groups(groups, n)))
+            groups = _check_groups(groups, n)
+            return np.mean([_sigmoid(_linear_logits(params, X, groups)) for params in self._bags()], axis=0)
         if self.layout == "stacked":
             b = self.boosters_[0]
             if b is None:
@@ -260,9 +280,13 @@ class TierClassifier:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim == 1:
             X = X[None, :]
-        group = self.linear_["group"]
-        named = _named_rows(group, _check_groups(groups, X.shape[0]), X.shape[0])
-        return _group_proba(group, _inputs(self.linear_, X), named) @ np.asarray(group["rates"])
+        groups = _check_groups(groups, X.shape[0])
+        out = []
+        for params in self._bags():
+            group = params["group"]
+            named = _named_rows(group, groups, X.shape[0])
+            out.append(_group_proba(group, _inputs(params, X), named) @ np.asarray(group["rates"]))
+        return np.mean(out, axis=0)
 
     def calibrate(self, X: np.ndarray, Y: np.ndarray) -> TierClassifier:
         """Fit one calibrator per tier on a held-out calibration split (``Y``: 1 / 0 / NaN)."""
@@ -329,6 +353,7 @@ class TierClassifier:
             n_embedding=meta.get("n_embedding"),
         )
         obj.linear_ = meta.get("linear") or {}
+        obj.n_bags = len(obj._bags()) or LINEAR_BAGS
         obj.n_features_ = meta["n_features"]
         obj.priors_ = meta["priors"]
         obj.boosters_ = [
@@ -506,14 +531,24 @@ def _fit_lr(Z: np.ndarray, Y: np.ndarray, priors: np.ndarray) -> tuple[np.ndarra
 
 
 def _fit_linear(
-    X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None, n_embedding: int | None, priors: np.ndarray, seed: int
+    X: np.ndarray,
+    Y: np.ndarray,
+    groups: np.ndarray | None,
+    n_embedding: int | None,
+    priors: np.ndarray,
+    seed: int,
+    reuse: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """(parameters, out-of-fold probabilities of the training rows).
 
     Two stackers share the components: ``stack`` over the prior of the task predicted from the prompt, and, when
     the groups are the log's tasks, ``stack_named`` over the prior of each row's own task, for callers that name
     it. Each is fitted on the out-of-fold version of the prior it is used with (a prior that is vague when
-    predicted can be sharp when named, and deserves another weight)."""
+    predicted can be sharp when named, and deserves another weight).
+
+    ``reuse``: the parameters of another fit on the same data; its full-data logistic regressions (and its task
+    group model) do not depend on the seed and are taken as they are, so another seed only refits the out-of-fold
+    parts, the k-means groups and the stackers."""
     X = np.asarray(X, dtype=np.float64)
     n, d = X.shape
     n_emb = 0 if n_embedding is None else int(min(n_embedding, d))
@@ -550,9 +585,15 @@ def _fit_linear(
         named = _named_rows(part["group"], None if g is None else list(g[b]), int(b.sum()))
         oof_named[b] = _component_logits(part, Z[b], named)[0]
 
-    params["group"] = _fit_group_model(Z, Y, g, np.clip(priors, 1e-4, 1 - 1e-4), seed)
-    coef, icpt = _fit_lr(Z, Y, np.clip(priors, 1e-4, 1 - 1e-4))
-    params["lr_coef"], params["lr_intercept"] = coef.tolist(), icpt.tolist()
+    if reuse is not None and reuse["group"]["kind"] == "task":
+        params["group"] = reuse["group"]
+    else:
+        params["group"] = _fit_group_model(Z, Y, g, np.clip(priors, 1e-4, 1 - 1e-4), seed)
+    if reuse is not None:
+        params["lr_coef"], params["lr_intercept"] = reuse["lr_coef"], reuse["lr_intercept"]
+    else:
+        coef, icpt = _fit_lr(Z, Y, np.clip(priors, 1e-4, 1 - 1e-4))
+        params["lr_coef"], params["lr_intercept"] = coef.tolist(), icpt.tolist()
     params["stack"] = _fit_stacker(oof_prior, oof_lin, Y, priors)
     if params["group"]["kind"] == "task":
         params["stack_named"] = _fit_stacker(oof_named, oof_lin, Y, priors)

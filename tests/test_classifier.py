@@ -135,7 +135,7 @@ def test_a_named_task_replaces_the_predicted_one() -> None:
     assert (hard < predicted).mean() > 0.95 and (easy > predicted).mean() > 0.95
     assert hard[:, 2].mean() < easy[:, 2].mean() - 0.3
     # the group prior alone follows the named task's learned rates exactly
-    rates = np.asarray(clf.linear_["group"]["rates"])
+    rates = np.asarray(clf.linear_["bags"][0]["group"]["rates"])  # the same in every bag: tasks, not k-means
     np.testing.assert_allclose(clf.predict_group_prior(Xt[:2], groups=["hard", "easy"]), rates[[1, 0]])
     np.testing.assert_allclose(clf.reference_proba(Xt[:2], groups=["hard", "easy"])["group_prior"], rates[[1, 0]])
     # unknown or missing tasks fall back to the prediction, row by row
@@ -153,6 +153,37 @@ def test_a_named_task_replaces_the_predicted_one() -> None:
     ):
         assert other.task_groups == []
         np.testing.assert_array_equal(other.predict_proba(Xt, groups=["hard"] * 400), other.predict_proba(Xt))
+
+
+def test_linear_bags_average_fits_with_consecutive_seeds(tmp_path) -> None:
+    import json
+
+    X, Y = _data(1200, 13)
+    Xt, _ = _data(300, 14)
+    bagged = TierClassifier(3, layout="linear", calibration="none", n_bags=3, random_state=4).fit(X, Y)
+    singles = [
+        TierClassifier(3, layout="linear", calibration="none", n_bags=1, random_state=s).fit(X, Y) for s in (4, 5, 6)
+    ]
+    assert len(bagged.linear_["bags"]) == 3
+    np.testing.assert_allclose(bagged.predict_proba(Xt), np.mean([c.predict_proba(Xt) for c in singles], axis=0))
+    np.testing.assert_allclose(bagged.oof_proba_, np.mean([c.oof_proba_ for c in singles], axis=0))
+    # the seeds matter (k-means groups, out-of-fold partitions), so the bags differ
+    assert not np.allclose(singles[0].predict_proba(Xt), singles[1].predict_proba(Xt))
+    bagged.save(tmp_path / "bags")
+    again = TierClassifier.load(tmp_path / "bags")
+    assert again.n_bags == 3
+    np.testing.assert_allclose(again.predict_proba(Xt), bagged.predict_proba(Xt))
+    # a model saved before bagging (one unwrapped parameter set) still loads and predicts as it did
+    singles[0].save(tmp_path / "old")
+    meta_path = tmp_path / "old" / "classifier.json"
+    meta = json.loads(meta_path.read_text())
+    meta["linear"] = meta["linear"]["bags"][0]
+    meta_path.write_text(json.dumps(meta))
+    old = TierClassifier.load(tmp_path / "old")
+    assert old.n_bags == 1
+    np.testing.assert_allclose(old.predict_proba(Xt), singles[0].predict_proba(Xt))
+    with pytest.raises(ValueError, match="n_bags"):
+        TierClassifier(3, layout="linear", n_bags=0)
 
 
 def test_linear_out_of_fold_probabilities() -> None:

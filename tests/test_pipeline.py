@@ -55,6 +55,7 @@ def test_run_logs_params_metrics_and_artifacts(trained, store: str) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.params["encoder"] == TrainConfig().encoder
     assert run.data.params["encoder_layers_used"] == "-1,3"  # last + middle layer of the 6-layer MiniLM
+    assert run.data.params["linear_bags_used"] == "1"  # the demo log is not small
     assert "aiq" in run.data.metrics
     paths = {a.path for a in client.list_artifacts(trained.run_id)}
     assert {"catalog.yaml", "labelled_summary.json", "plots", "evaluation.md"} <= paths
@@ -262,6 +263,17 @@ def test_calibration_default_depends_on_the_layout() -> None:
     assert TrainConfig(layout="per_tier").resolved_calibration() == "sigmoid"
     assert TrainConfig(layout="stacked").resolved_calibration() == "sigmoid"
     assert TrainConfig(calibration="isotonic").resolved_calibration() == "isotonic"
+
+
+def test_small_logs_average_several_linear_fits() -> None:
+    from training.pipeline import SMALL_LOG_BAGS, SMALL_LOG_PROMPTS, fit_router
+
+    assert TrainConfig().resolved_linear_bags(SMALL_LOG_PROMPTS - 1) == SMALL_LOG_BAGS > 1
+    assert TrainConfig().resolved_linear_bags(SMALL_LOG_PROMPTS) == 1
+    assert TrainConfig(linear_bags=2).resolved_linear_bags(10) == 2
+    small = prepare_data(demo_log(n_prompts=600), demo_catalog())
+    fitted = fit_router(small, TrainConfig(), progress=False)
+    assert fitted.classifier.n_bags == SMALL_LOG_BAGS and len(fitted.classifier.linear_["bags"]) == SMALL_LOG_BAGS
 
 
 def test_default_linear_fit_uses_calibration_rows_and_an_out_of_fold_knob() -> None:
