@@ -124,7 +124,7 @@ class TierClassifier:
             as is); the others are standardised and scaled by ``STRUCTURAL_WEIGHT``. ``None``: standardise all.
         n_bags: ``linear`` layout: how many fits with seeds ``random_state, random_state + 1, ...`` to average.
             The seed decides the out-of-fold partition the stackers learn from and the k-means groups of a log
-            without tasks; on small logs one fit's figures moved by a few points with it, the average does not.
+            without tasks; on small logs one fit's figures moved by a few points with it, an average far less.
     """
 
     def __init__(
