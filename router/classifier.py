@@ -221,7 +221,7 @@ class TierClassifier:
         """``linear`` layout: the parameters of every fit (models saved before bagging hold one, unwrapped)."""
         if not self.linear_:
             return []
-        return self.linear_["bags"] if "bags" in self.linear_ else [self.linear_]
+        return self.linear_.get("bags", [self.linear_])
 
     @property
     def task_groups(self) -> list[str]:
