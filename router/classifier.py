@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
+import pandas as pd
 
 Layout = Literal["linear", "stacked", "per_tier"]
 LAYOUTS = ("linear", "stacked", "per_tier")
@@ -285,7 +286,7 @@ class TierClassifier:
         for params in self._bags():
             group = params["group"]
             named = _named_rows(group, groups, X.shape[0])
-            out.append(_group_proba(group, _inputs(params, X), named) @ np.asarray(group["rates"]))
+            out.append(_prior_proba(group, _inputs(params, X), named))
         return np.mean(out, axis=0)
 
     def calibrate(self, X: np.ndarray, Y: np.ndarray) -> TierClassifier:
@@ -427,13 +428,16 @@ def _predicted_group_proba(g: dict[str, Any], Z: np.ndarray) -> np.ndarray:
     return _softmax(Z @ coef.T + icpt)
 
 
+def _prior_proba(g: dict[str, Any], Z: np.ndarray, named: np.ndarray | None = None) -> np.ndarray:
+    """The group prior ``[n, T]``: P(group | prompt) (or the named task) times each group's success rates."""
+    return _group_proba(g, Z, named) @ np.asarray(g["rates"])
+
+
 def _component_logits(
     params: dict[str, Any], Z: np.ndarray, named: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    g = params["group"]
-    prior = _group_proba(g, Z, named) @ np.asarray(g["rates"])
     lin = Z @ np.asarray(params["lr_coef"]).T + np.asarray(params["lr_intercept"])
-    return _logit(prior), lin
+    return _logit(_prior_proba(params["group"], Z, named)), lin
 
 
 def _linear_logits(
@@ -491,9 +495,14 @@ def _fit_group_model(
     return model
 
 
+def task_names(values: Sequence[Any]) -> list[str | None]:
+    """Task values (a log's ``task`` column, a request's tasks) as strings, None where missing."""
+    return [None if pd.isna(x) else str(x) for x in values]
+
+
 def _task_labels(groups: Sequence[Any]) -> list[str]:
     """Task labels as strings ("" where missing)."""
-    return ["" if x is None or (isinstance(x, float) and np.isnan(x)) else str(x) for x in groups]
+    return [t or "" for t in task_names(groups)]
 
 
 def _fit_stacker(oof_prior: np.ndarray, oof_lin: np.ndarray, Y: np.ndarray, priors: np.ndarray) -> list[list[float]]:
@@ -582,8 +591,9 @@ def _fit_linear(
         }
         part["lr_coef"], part["lr_intercept"] = _fit_lr(Z[a], Y[a], pr)
         oof_prior[b], oof_lin[b] = _component_logits(part, Z[b])
-        named = _named_rows(part["group"], None if g is None else list(g[b]), int(b.sum()))
-        oof_named[b] = _component_logits(part, Z[b], named)[0]
+        if g is not None and part["group"]["kind"] == "task":
+            named = _named_rows(part["group"], list(g[b]), int(b.sum()))
+            oof_named[b] = _logit(_prior_proba(part["group"], Z[b], named))
 
     if reuse is not None and reuse["group"]["kind"] == "task":
         params["group"] = reuse["group"]

@@ -1,8 +1,8 @@
 """MLflow pyfunc flavour of a tierwise router.
 
 ``mlflow.pyfunc.load_model("models:/tierwise@champion").predict(df)`` takes a DataFrame with a ``prompt`` column
-(optional ``role``, ``task``, ``threshold``) and returns one row per prompt: ``tier``, ``model``, ``reason``, ``threshold``
-and ``p_<tier>`` for every tier. ``mlflow models serve`` works the same way.
+(optional ``role``, ``task``, ``threshold``) and returns one row per prompt: ``tier``, ``model``, ``reason``,
+``threshold`` and ``p_<tier>`` for every tier. ``mlflow models serve`` works the same way.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ class TierwisePyfunc(mlflow.pyfunc.PythonModel):
         self.router = Router.from_bundle(context.artifacts["bundle"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from router.classifier import task_names
+
         if isinstance(model_input, pd.Series):
             model_input = model_input.to_frame("prompt")
         if not isinstance(model_input, pd.DataFrame) or "prompt" not in model_input.columns:
             raise ValueError("tierwise pyfunc expects a DataFrame with a 'prompt' column")
         prompts = model_input["prompt"].astype(str).tolist()
         roles = model_input["role"].tolist() if "role" in model_input else None
-        tasks = [None if pd.isna(t) else str(t) for t in model_input["task"]] if "task" in model_input else None
+        tasks = task_names(model_input["task"]) if "task" in model_input else None
         threshold = (params or {}).get("threshold")
         proba = self.router.predict_proba_array(prompts, roles, tasks)
         rows = []

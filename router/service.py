@@ -889,8 +889,9 @@ class Service:
         self._bounds(current, body)
         texts = [body.goal] + [s.text for s in steps]
         roles: list[str] = ["plan"] + [s.role for s in steps]
-        m, proba = await self.batcher.run_many(texts, roles, [_task(body)] * len(texts))
-        task_known = _task_known(m, _task(body))
+        task = _task(body)
+        m, proba = await self.batcher.run_many(texts, roles, [task] * len(texts))
+        task_known = _task_known(m, task)
         thr = self._threshold(m, body)
         lo, hi = self._bounds(m, body)
         cat = m.router.catalog

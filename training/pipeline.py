@@ -25,7 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from router.bundle import BundleMeta, FeatureSpec, write_bundle
 from router.catalog import Catalog
-from router.classifier import LINEAR_BAGS, CalibrationKind, Layout, TierClassifier
+from router.classifier import (
+    LINEAR_BAGS,
+    CalibrationKind,
+    Layout,
+    TierClassifier,
+    task_names,
+)
 from router.cost_model import CostModel
 from router.encoders import LayerChoice
 from router.features import FEATURE_NAMES, structural_features
@@ -298,6 +304,11 @@ def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, pro
 
     split = p["split"].to_numpy()
     tr, ca = split == "train", split == "calibration"
+    # The linear layout without calibration learns from the calibration prompts too and picks its knob on its own
+    # out-of-fold probabilities (each prompt's from models that never saw it); the others fit on train, calibrate
+    # and pick the knob on the calibration split.
+    oof_knob = config.oof_knob and config.layout == "linear" and config.resolved_calibration() == "none"
+    fit = (tr | ca) if oof_knob else tr
     clf = TierClassifier(
         len(prepared.catalog.tiers),
         layout=config.layout,
@@ -306,18 +317,13 @@ def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, pro
         params=config.lgbm_params,
         random_state=config.seed,
         n_embedding=emb.shape[1],
+        n_bags=config.resolved_linear_bags(int(fit.sum())),
     )
-    # The linear layout without calibration learns from the calibration prompts too and picks its knob on its own
-    # out-of-fold probabilities (each prompt's from models that never saw it); the others fit on train, calibrate
-    # and pick the knob on the calibration split.
-    oof_knob = config.oof_knob and config.layout == "linear" and config.resolved_calibration() == "none"
-    fit = (tr | ca) if oof_knob else tr
     groups = None
     if config.layout == "linear" and config.task_groups and p["task"].notna().any():
         groups = p["task"].to_numpy(dtype=object)[fit]
     log.info("fitting %s classifier on %d prompts (%d features)", config.layout, int(fit.sum()), X.shape[1])
     if config.layout == "linear":
-        clf.n_bags = config.resolved_linear_bags(int(fit.sum()))
         clf.fit(X[fit], lab.acceptable[fit], groups=groups)
     else:
         clf.fit(X[fit], lab.acceptable[fit])
@@ -420,7 +426,7 @@ def test_tasks(prompts: pd.DataFrame, config: TrainConfig) -> list[str | None] |
     when the log has none or the config evaluates without it."""
     if not config.eval_known_task or "task" not in prompts or not prompts["task"].notna().any():
         return None
-    return [None if pd.isna(t) else str(t) for t in prompts["task"].tolist()]
+    return task_names(prompts["task"].tolist())
 
 
 def two_tier_score(proba: np.ndarray, rule: str) -> np.ndarray:
