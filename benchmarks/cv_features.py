@@ -36,6 +36,12 @@ def _bucket(key: str, n: int) -> int:
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % n
 
 
+def fold_of_prompt(df: pd.DataFrame, seed: int, folds: int) -> pd.Series:
+    """Each row's fold (0 .. folds - 1), seeded by prompt id; seed 0 is the partition of earlier README figures."""
+    salt = "cv" if seed == 0 else f"cv{seed}"
+    return df["prompt_id"].map(lambda s: _bucket(f"{salt}:{s}", folds))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="routerbench-3task,llmrouter-nim9,routellm-gsm8k,routellm-mmlu")
@@ -64,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         df, catalog = QD.DATASETS[name].load(args.shared_dir)
         df = df[df["split"] != "test"].copy()
         for seed in seeds:
-            salt = "cv" if seed == 0 else f"cv{seed}"  # seed 0: the partition of earlier README figures
-            fold = df["prompt_id"].map(lambda s, salt=salt: _bucket(f"{salt}:{s}", args.folds))
+            fold = fold_of_prompt(df, seed, args.folds)
             for k in range(args.folds):
                 fold_df = df.assign(split=np.where(fold == k, "test", "train"))
                 for setting, overrides in (("default", {}), (label, variant)):

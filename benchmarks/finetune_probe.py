@@ -28,8 +28,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality_data as QD
-from cv_features import DEFAULT_SHARED, _bucket
+from cv_features import DEFAULT_SHARED, fold_of_prompt
 
+from router.classifier import _logit, _sigmoid
 from router.encoders import TokenWindow, _pad_batch, minilm_path
 from training.pipeline import (
     TrainConfig,
@@ -38,11 +39,6 @@ from training.pipeline import (
     prepare_data,
     test_tasks,
 )
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-4, 1 - 1e-4)
-    return np.log(p / (1 - p))
 
 
 def finetune_residual(
@@ -87,9 +83,7 @@ def finetune_residual(
         return (hidden * m).sum(1) / m.sum(1)
 
     steps = epochs * int(np.ceil(len(train_ids) / batch_size))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / 20) * max(0.0, 1 - i / steps)
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 20) * max(0.0, 1 - i / steps))
     rng = np.random.default_rng(seed)
     encoder.train()
     for _ in range(epochs):
@@ -97,12 +91,7 @@ def finetune_residual(
         for start in range(0, len(order), batch_size):
             b = order[start : start + batch_size]
             z = head(pooled([train_ids[i] for i in b])) + offset[b]
-            loss = (
-                torch.nn.functional.binary_cross_entropy_with_logits(
-                    z, y[b], reduction="none"
-                )
-                * tried[b]
-            )
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y[b], reduction="none") * tried[b]
             (loss.sum() / tried[b].sum().clamp(min=1.0)).backward()
             opt.step()
             sched.step()
@@ -116,9 +105,7 @@ def finetune_residual(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="routerbench-3task")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument(
@@ -140,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
     except ImportError:
-        print(
-            "error: the probe needs torch (pip install torch==2.13.0)", file=sys.stderr
-        )
+        print("error: the probe needs torch (pip install torch==2.13.0)", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     tokenizer_json = (minilm_path() / "tokenizer.json").read_text(encoding="utf-8")
@@ -151,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         df, catalog = QD.DATASETS[name].load(args.shared_dir)
         df = df[df["split"] != "test"].copy()
         for seed in [int(x) for x in args.seeds.split(",") if x.strip()]:
-            salt = "cv" if seed == 0 else f"cv{seed}"
-            fold = df["prompt_id"].map(
-                lambda s, salt=salt: _bucket(f"{salt}:{s}", args.folds)
-            )
+            fold = fold_of_prompt(df, seed, args.folds)
             for k in range(args.folds):
                 t0 = time.time()
                 cfg = TrainConfig()
@@ -172,13 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                 clf = fitted.classifier
                 default = clf.predict_proba(fitted.features[te], groups=tasks_te)
                 prior_te = clf.predict_group_prior(fitted.features[te], groups=tasks_te)
-                prior_fit = clf.predict_group_prior(
-                    fitted.features[fit], groups=tasks_fit
-                )
+                prior_fit = clf.predict_group_prior(fitted.features[fit], groups=tasks_fit)
                 spec = fitted.encoder.spec
-                window = TokenWindow.from_json(
-                    tokenizer_json, spec.max_tokens, spec.head_tokens
-                )
+                window = TokenWindow.from_json(tokenizer_json, spec.max_tokens, spec.head_tokens)
                 pad_id = int(window.tokenizer.token_to_id("[PAD]") or 0)
                 texts = lab.prompts["prompt"].astype(str).to_numpy()
                 residual = finetune_residual(
@@ -192,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.batch_size,
                     seed=seed,
                 )
-                tuned = 1.0 / (1.0 + np.exp(-(_logit(prior_te) + residual)))
+                tuned = _sigmoid(_logit(prior_te) + residual)
                 for setting, proba in (
                     ("default (frozen encoder)", default),
                     ("task prior alone", prior_te),
@@ -214,9 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-    res = pd.DataFrame(
-        rows, columns=["dataset", "setting", "gap closed", "APGR", "Brier"]
-    )
+    res = pd.DataFrame(rows, columns=["dataset", "setting", "gap closed", "APGR", "Brier"])
     print(res.groupby(["dataset", "setting"], sort=False).mean().round(4).to_string())
     return 0
 
