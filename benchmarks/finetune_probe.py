@@ -32,13 +32,8 @@ from cv_features import DEFAULT_SHARED, fold_of_prompt
 
 from router.classifier import _logit, _sigmoid
 from router.encoders import TokenWindow, _pad_batch, minilm_path
-from training.pipeline import (
-    TrainConfig,
-    evaluate,
-    fit_router,
-    prepare_data,
-    test_tasks,
-)
+from training.evaluation import tasks_for
+from training.pipeline import TrainConfig, evaluate, fit_router, prepare_data
 
 
 def finetune_residual(
@@ -149,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                 lab = prepared.labelled
                 te = (lab.prompts["split"].to_numpy() == "test") & lab.complete_rows
                 fit = fitted.fit_rows
-                tasks_fit = test_tasks(lab.prompts.loc[fit], cfg)
-                tasks_te = test_tasks(lab.prompts.loc[te], cfg)
+                tasks_fit = tasks_for(lab.prompts.loc[fit], cfg.eval_known_task)
+                tasks_te = tasks_for(lab.prompts.loc[te], cfg.eval_known_task)
                 clf = fitted.classifier
                 default = clf.predict_proba(fitted.features[te], groups=tasks_te)
                 prior_te = clf.predict_group_prior(fitted.features[te], groups=tasks_te)

@@ -18,20 +18,61 @@ A catalog is a YAML file (default ``models/catalog.yaml``)::
       min_plan_tier: large      # lowest tier allowed to plan in plan-and-execute agents
       min_verify_tier: medium
 
+Every number must be a finite, non-negative number (``.inf``, ``.nan`` and ``true`` / ``false`` are refused, and
+prices above :data:`MAX_USD_PER_1M` or token counts above :data:`MAX_TOKENS` are refused as typos): a catalog price
+prices every unlogged attempt the router is trained on, so one bad value poisons the whole model.
+
+A log written by ``tierwise decisions export`` carries the catalog it was routed with beside it
+(:func:`catalog_sidecar_path`: ``feedback.csv`` -> ``feedback.catalog.yaml``); ``tierwise train`` uses it when no
+``--catalog`` is given.
+
 The catalog is plain data (pydantic models); reading and writing YAML are the only I/O here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from router.atomic_io import write_text_atomic  # also imported from here (training/demo.py)
+from router.limits import MAX_TOKENS  # one bound on token counts for feedback, logs and catalogs
+from router.numbers import Integer, Number
+from router.schemas import number_message, whole_number
 
 DEFAULT_CATALOG_PATH = Path(__file__).resolve().parent.parent / "models" / "catalog.yaml"
+CATALOG_SIDECAR_SUFFIX = ".catalog.yaml"
+MAX_USD_PER_1M = 100_000.0
+"""Highest plausible list price per 1M tokens (0.10 USD a token); higher is a typo (e.g. a price per token)."""
+
+
+def _yaml_number(value: Any) -> Any:
+    """PyYAML reads ``1e-1`` (an exponent without a dot) as text: take it as the number it is, and ``512.0`` as a
+    whole number. The strict types (router.numbers) refuse everything else that is not a finite number, ``true``
+    included."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    return whole_number(value)
+
+
+# A price, a discount or a threshold in a catalog: a finite number (YAML's quirks tolerated)
+_Number = Annotated[Number, BeforeValidator(_yaml_number)]
+
+
+def catalog_sidecar_path(data_path: str | os.PathLike[str]) -> Path:
+    """The catalog file that travels with a log: ``feedback.csv`` -> ``feedback.catalog.yaml``.
+
+    The log's extension (and a ``.gz`` after it) is replaced: ``feedback.csv.gz`` -> ``feedback.catalog.yaml``.
+    """
+    p = Path(data_path)
+    name = p.name[:-3] if p.name.lower().endswith(".gz") else p.name
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return p.with_name(stem + CATALOG_SIDECAR_SUFFIX)
 
 
 class CatalogError(ValueError):
@@ -46,11 +87,15 @@ class Tier(BaseModel):
     name: Annotated[str, Field(min_length=1, description="Tier name used in routing decisions, e.g. 'small'.")]
     model: Annotated[str, Field(min_length=1, description="Model identifier as it appears in the logs.")]
     provider: str = Field("unknown", description="Who serves the model (free text).")
-    input_usd_per_1m: float | None = Field(None, ge=0, description="USD per 1M input tokens; None = unknown.")
-    output_usd_per_1m: float | None = Field(None, ge=0, description="USD per 1M output tokens; None = unknown.")
-    batch_discount: float = Field(0.0, ge=0, lt=1, description="Fractional discount of the provider's batch API.")
-    typical_output_tokens: int | None = Field(
-        None, ge=0, description="Output tokens assumed for cost estimates when a request gives none."
+    input_usd_per_1m: _Number | None = Field(
+        None, ge=0, le=MAX_USD_PER_1M, description="USD per 1M input tokens; None = unknown."
+    )
+    output_usd_per_1m: _Number | None = Field(
+        None, ge=0, le=MAX_USD_PER_1M, description="USD per 1M output tokens; None = unknown."
+    )
+    batch_discount: _Number = Field(0.0, ge=0, lt=1, description="Fractional discount of the provider's batch API.")
+    typical_output_tokens: Annotated[Integer | None, BeforeValidator(_yaml_number)] = Field(
+        None, ge=0, le=MAX_TOKENS, description="Output tokens assumed for cost estimates when a request gives none."
     )
 
     @property
@@ -70,8 +115,10 @@ class Acceptability(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    threshold: float = Field(1.0, ge=0, le=1, description="Score an answer needs to be acceptable (1.0 = pass/fail).")
-    per_task: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+    threshold: _Number = Field(
+        1.0, ge=0, le=1, description="Score an answer needs to be acceptable (1.0 = pass/fail)."
+    )
+    per_task: dict[str, Annotated[_Number, Field(ge=0, le=1)]] = Field(default_factory=dict)
 
     def threshold_for(self, task: str | None) -> float:
         if task is not None and task in self.per_task:
@@ -169,9 +216,7 @@ class Catalog(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
-            )
+            problems = "; ".join(_describe_error(data, e) for e in exc.errors())
             raise CatalogError(f"{source}: invalid catalog: {problems}") from exc
 
     def to_yaml(self) -> str:
@@ -182,15 +227,19 @@ class Catalog(BaseModel):
         return write_text_atomic(Path(path), self.to_yaml())
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def _describe_error(data: dict[Any, Any], error: Any) -> str:
+    """The field's dotted path with the tier's name and the offending value, e.g.
+    ``tiers.1.input_usd_per_1m (tier 'large'): Input should be a finite number (got inf)``."""
+    loc = [str(x) for x in error["loc"]]
+    where = ".".join(loc) or "<root>"
+    tiers = data.get("tiers")
+    if len(loc) >= 2 and loc[0] == "tiers" and loc[1].isdigit() and isinstance(tiers, list):
+        i = int(loc[1])
+        name = tiers[i].get("name") if i < len(tiers) and isinstance(tiers[i], dict) else None
+        if name is not None:
+            where += f" (tier {str(name)!r})"
+    got = error.get("input")
+    shown = f" (got {got!r})" if isinstance(got, (bool, int, float)) else ""
+    if isinstance(got, str):
+        shown = f" (got {got[:40]!r})"  # e.g. a quoted price: the strict number types refuse text
+    return f"{where}: {number_message(error) or error['msg']}{shown}"

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import shutil
 import tempfile
@@ -26,6 +27,16 @@ from router.classifier import TierClassifier
 from router.cost_model import CostModel
 from router.decision import ROLES, Reason, decide, decide_batch, escalation_path
 from router.features import structural_features
+
+
+def check_threshold(threshold: object) -> float:
+    """The threshold knob as a float in [0, 1]; a ValueError for a bool, a string, NaN or inf (comparisons with NaN
+    are false, so the range test refuses it too)."""
+    if isinstance(threshold, bool):
+        raise ValueError("threshold must be a number, not true/false")
+    if not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a finite number in [0, 1], got {threshold!r}")
+    return float(threshold)
 
 
 class Decision(BaseModel):
@@ -239,7 +250,7 @@ class Router:
         ``prompt_chars``: the routed text's length in characters; with the bundle's cost model the utility rule
         prices each tier for this prompt. Without it (or without a cost model) it uses the tiers' mean costs.
         """
-        thr = self.threshold if threshold is None else float(threshold)
+        thr = self.threshold if threshold is None else check_threshold(threshold)
         role = role or "single"
         cat = self.catalog
         floor, floor_reason = 0, Reason.PLANNER_FLOOR
@@ -273,7 +284,7 @@ class Router:
         """Vectorised tier indices for a probability matrix (role ``single``, no clamps); pass the ``prompts``
         so the utility rule prices each one (else the tiers' mean costs)."""
         return decide_batch(
-            proba, self.threshold if threshold is None else threshold, rule=self.decision_rule,
+            proba, self.threshold if threshold is None else check_threshold(threshold), rule=self.decision_rule,
             tier_costs=self.tier_costs, row_costs=None if prompts is None else self.row_costs(prompts),
         )
 

@@ -2,28 +2,46 @@
 
 Writes never happen on the event loop: :meth:`DecisionLog.record_decision` and :meth:`DecisionLog.record_feedback`
 put a row on a queue and a background thread writes rows in batches (one transaction per batch). Several worker
-processes may share one file (WAL + a busy timeout).
+processes may share one file (WAL + a busy timeout). The writer never dies silently: a row the database refuses is
+dropped and counted on its own (the rest of its batch is written), a failed transaction is retried and then counted,
+and :meth:`DecisionLog.health` reports a stopped writer (restarting it) or failing writes, for ``/readyz``; while
+writes fail and no row comes, the writer probes the database now and then, so the state clears once the problem
+passes. ``record_feedback`` returns a future that resolves once the row is committed: the service's durable mode
+answers only then, so a crash never loses acknowledged feedback. A client's ``feedback_id`` makes a retry
+idempotent (a timed-out wait does not mean the row will not be committed later).
+
+The ``catalogs`` table keeps the tier catalog of every router version the service loaded, so an export names the
+catalog its rows were routed with.
 
 Privacy: the prompt text is stored only when the operator opts in (``TIERWISE_STORE_PROMPTS=true``); otherwise only
 its SHA-256 is kept. :func:`export_log` turns decisions + feedback into the canonical long log format that
 ``training.readers.read_log`` (and so ``tierwise train``) reads: one row per feedback. Training needs the text, so
 the export contains only feedback whose decision stored its prompt, and says how many rows it left out.
+:func:`export_for_training` (``tierwise decisions export``) also writes the catalog beside the output and refuses to
+write a file nobody can train on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+# The bounds of a feedback row's numbers: the API refuses anything outside them with a 422, record_feedback with a
+# ValueError, and the export skips legacy rows outside them.
+from router.limits import ATTEMPT_LIMITS, attempt_number_problem
 
 log = logging.getLogger("tierwise.service")
 
@@ -63,10 +81,16 @@ CREATE TABLE IF NOT EXISTS feedback (
     output_tokens    REAL,
     cost_usd         REAL,
     latency_ms       REAL,
-    metadata         TEXT
+    metadata         TEXT,
+    feedback_id      TEXT
 );
 CREATE INDEX IF NOT EXISTS feedback_request_id ON feedback (request_id);
 CREATE TABLE IF NOT EXISTS tierwise_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS catalogs (
+    router_version   TEXT PRIMARY KEY,
+    catalog          TEXT NOT NULL,
+    recorded_at      TEXT NOT NULL
+);
 """
 DECISION_COLUMNS = (
     "request_id",
@@ -102,13 +126,16 @@ FEEDBACK_COLUMNS = (
     "cost_usd",
     "latency_ms",
     "metadata",
+    "feedback_id",
 )
 _INSERT_DECISION = (
     f"INSERT OR REPLACE INTO decisions ({', '.join(DECISION_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in DECISION_COLUMNS)})"
 )
+# A client's retry of the same feedback (same feedback_id) is written once: the first one stays.
 _INSERT_FEEDBACK = (
-    f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('?' for _ in FEEDBACK_COLUMNS)})"
+    f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('?' for _ in FEEDBACK_COLUMNS)}) "
+    "ON CONFLICT (feedback_id) DO NOTHING"
 )
 
 
@@ -121,7 +148,7 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # ensure_ascii: safe for any input
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str, allow_nan=False)  # ensure_ascii: safe for any input
 
 
 def _json(value: Any) -> str | None:
@@ -130,8 +157,8 @@ def _json(value: Any) -> str | None:
     return _ENCODER.encode(value)
 
 
-def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """A connection with WAL, a busy timeout and the schema in place."""
+def connect(path: str | Path, *, readonly: bool = False, busy_seconds: float = 10.0) -> sqlite3.Connection:
+    """A connection with WAL, a busy timeout (how long a write waits for another writer's lock) and the schema."""
     p = Path(path)
     if readonly:
         if not p.is_file():
@@ -140,13 +167,36 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA busy_timeout = 10000")
         return conn
     p.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(p), timeout=10, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 10000")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.executescript(SCHEMA)
-    conn.execute("INSERT OR IGNORE INTO tierwise_meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+    conn = sqlite3.connect(str(p), timeout=busy_seconds, check_same_thread=False, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_seconds * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(SCHEMA)
+        _add_feedback_id(conn)
+        conn.execute(
+            "INSERT OR IGNORE INTO tierwise_meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+        )
+    except BaseException:
+        conn.close()  # e.g. the file is locked: the writer retries with a new connection
+        raise
     return conn
+
+
+def _add_feedback_id(conn: sqlite3.Connection) -> None:
+    """Logs written before feedback ids gain the column (NULL for old rows) and its unique index."""
+    if "feedback_id" not in {r[1] for r in conn.execute("PRAGMA table_info(feedback)")}:
+        try:
+            conn.execute("ALTER TABLE feedback ADD COLUMN feedback_id TEXT")
+        except sqlite3.OperationalError as exc:  # another worker added it a moment ago
+            if "duplicate column" not in str(exc):
+                raise
+    # NULLs never collide: feedback without an id is never merged
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS feedback_feedback_id ON feedback (feedback_id)")
+
+
+class DecisionLogError(RuntimeError):
+    """A row was not written (queue full, refused by the database, or the log is closed)."""
 
 
 @dataclass
@@ -154,8 +204,48 @@ class _Flush:
     done: threading.Event
 
 
+@dataclass
+class _Row:
+    kind: str  # "d" (decision) or "f" (feedback)
+    values: tuple[Any, ...]
+    future: Future[None] | None = None
+    urgent: bool = False  # someone waits for the commit: no batching pause
+    settled: bool = False  # committed, or counted as dropped: never counted (again) when the writer dies
+    request_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.request_id = str(self.values[0])
+
+
+def _check_number(name: str, value: Any) -> None:
+    """ValueError unless ``value`` is None or within the bounds of :data:`router.limits.ATTEMPT_LIMITS`."""
+    problem = attempt_number_problem(name, value)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def _database_error(exc: BaseException) -> bool:
+    """True when the database (locked, full, corrupt, read-only) failed rather than one row's values."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+def _reason(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 class DecisionLog:
-    """Asynchronous, batched writer plus a few synchronous reads (call those from a thread, not the event loop)."""
+    """Asynchronous, batched writer plus a few synchronous reads (call those from a thread, not the event loop).
+
+    ``on_drop(n)`` is called for every ``n`` rows that were not written; ``on_error(kind)`` for every write problem
+    (one of :data:`ERROR_KINDS`: ``row``: the database refused one row, ``batch``: a transaction failed after
+    retries, ``writer``: the writer thread had stopped and was restarted). Both are for metrics; problems are also
+    logged (never a prompt). ``busy_seconds``: how long one write attempt waits for another process's lock.
+    ``probe_seconds``: while writes fail and no row arrives, the writer probes the database this often, so a
+    passing problem (a lock held longer than the retries) clears ``health`` without waiting for traffic.
+    """
+
+    ERROR_KINDS = ("row", "batch", "writer")
 
     def __init__(
         self,
@@ -166,40 +256,88 @@ class DecisionLog:
         batch_rows: int = 1024,
         flush_seconds: float = 0.02,
         on_drop: Callable[[int], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+        busy_seconds: float = 10.0,
+        probe_seconds: float = 2.0,
     ) -> None:
         self.path = Path(path)
+        self.busy_seconds = busy_seconds
+        self.probe_seconds = probe_seconds
         self.store_prompts = store_prompts
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
         self.on_drop = on_drop
+        self.on_error = on_error
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._urgent = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closed = False
         self._read_lock = threading.Lock()
+        self._life_lock = threading.Lock()  # start / restart: concurrent /readyz probes must not start two writers
+        self._failing: str | None = None  # why the last transaction failed (None: the last one committed)
+        self._stopped: str | None = None  # why the writer thread ended other than by close()
         # Open (and create) the file now so a bad path fails at start-up, not on the first write.
-        self._reader = connect(self.path)
+        self._reader = connect(self.path, busy_seconds=busy_seconds)
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> DecisionLog:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="tierwise-decision-log", daemon=True)
-            self._thread.start()
+        self._start_writer()
         return self
 
+    def _start_writer(self) -> bool:
+        """Start a writer thread unless one runs; True when this call started one."""
+        with self._life_lock:
+            if self._closed or (self._thread is not None and self._thread.is_alive()):
+                return False
+            self._stopped = None
+            thread = threading.Thread(target=self._run, name="tierwise-decision-log", daemon=True)
+            thread.start()
+            self._thread = thread  # only once started: health() may read it from another thread meanwhile
+            return True
+
     def close(self, timeout: float = 10.0) -> None:
+        self._closed = True
         if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._queue.put(None)
+                self._thread.join(timeout)
             self._thread = None
+        # rows still queued (the writer stopped early) are not written: fail their futures, count them
+        self._fail_rows(self._drain(), "the decision log is closed")
         with self._read_lock:
             self._reader.close()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until every row queued so far is written (True) or ``timeout`` passes (False)."""
-        if self._thread is None:
-            return True
+        if self._thread is None or not self._thread.is_alive():
+            return self._queue.empty()
         marker = _Flush(threading.Event())
         self._queue.put(marker)
         return marker.done.wait(timeout)
+
+    def health(self) -> str | None:
+        """None when the writer runs and its last transaction (or probe) committed; else why not (for ``/readyz``).
+
+        A writer thread that stopped is restarted here, and only the check that started the new thread reports (and
+        counts) the restart. It may wait up to a second for a dying writer: call it from a thread, not the event loop.
+        """
+        thread = self._thread
+        if self._closed or thread is None:
+            return "the decision log is not running"
+        why = self._stopped
+        if why is not None or not thread.is_alive():
+            why = why or "unknown reason"
+            thread.join(1.0)  # it set _stopped and is on its way out (failing its batch's rows)
+            if thread.is_alive():
+                return f"the decision-log writer stopped ({why}); it is restarted on the next check"
+            if not self._start_writer():  # closed meanwhile, or a concurrent probe restarted it
+                return "the decision log is not running" if self._closed else None
+            log.error("decision log writer had stopped (%s); restarted it", why)
+            self._event("writer")
+            return f"the decision-log writer had stopped ({why}) and was restarted"
+        if self._failing is not None:
+            return f"decision-log writes are failing: {self._failing}"
+        return None
 
     # --- writes ------------------------------------------------------------------------------------------------
     def record_decision(
@@ -221,6 +359,10 @@ class DecisionLog:
         latency_ms: float,
         metadata: dict[str, Any] | None = None,
     ) -> None:
+        for name, value in (("threshold", threshold), ("est_cost_usd", est_cost_usd),
+                            ("est_top_cost_usd", est_top_cost_usd), ("latency_ms", latency_ms)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
         meta = metadata or {}
         row = (
             request_id,
@@ -244,7 +386,7 @@ class DecisionLog:
             _str_or_none(meta.get("tenant")),
             _json(meta) if meta else None,
         )
-        self._put(("d", row))
+        self._put(_Row("d", row))
 
     def record_feedback(
         self,
@@ -254,12 +396,23 @@ class DecisionLog:
         model: str,
         score: float,
         acceptable: bool | None,
-        input_tokens: float | None = None,
-        output_tokens: float | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
         cost_usd: float | None = None,
         latency_ms: float | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> None:
+        durable: bool = False,
+        feedback_id: str | None = None,
+    ) -> Future[None]:
+        """Queue one feedback row; the returned future resolves once it is committed (or fails with
+        :class:`DecisionLogError` when it was not written). ``durable``: the caller waits for that, so the writer
+        commits at once instead of pausing for more rows. ``feedback_id``: the client's id of this feedback; a
+        second row with the same id is not written (its future resolves: the first one is committed), so a client
+        may retry a feedback whose answer it did not get. ValueError for numbers outside the bounds above."""
+        bounded = {"score": score, "input_tokens": input_tokens, "output_tokens": output_tokens,
+                   "cost_usd": cost_usd, "latency_ms": latency_ms}
+        for name, value in bounded.items():
+            _check_number(name, value)
         row = (
             request_id,
             utc_now(),
@@ -267,70 +420,224 @@ class DecisionLog:
             model,
             float(score),
             None if acceptable is None else int(acceptable),
-            input_tokens,
-            output_tokens,
-            cost_usd,
-            latency_ms,
+            None if input_tokens is None else int(input_tokens),
+            None if output_tokens is None else int(output_tokens),
+            None if cost_usd is None else float(cost_usd),
+            None if latency_ms is None else float(latency_ms),
             _json(metadata),
+            feedback_id,
         )
-        self._put(("f", row))
+        future: Future[None] = Future()
+        self._put(_Row("f", row, future, durable))
+        return future
 
-    def _put(self, item: tuple[str, tuple[Any, ...]]) -> None:
+    def record_catalog(self, router_version: str, catalog_yaml: str) -> None:
+        """Store the catalog a router version routes with (synchronous: call it from a thread)."""
+        with self._read_lock:
+            cur = self._reader.execute("SELECT catalog FROM catalogs WHERE router_version = ?", (router_version,))
+            row = cur.fetchone()
+            if row is not None and row[0] == catalog_yaml:
+                return
+            if row is not None:
+                # registry versions never change; a local directory retrained in place can
+                log.warning("router version %s now routes with a different catalog; the log keeps the new one",
+                            router_version)
+            self._reader.execute(
+                "INSERT OR REPLACE INTO catalogs (router_version, catalog, recorded_at) VALUES (?, ?, ?)",
+                (router_version, catalog_yaml, utc_now()),
+            )
+
+    def _put(self, item: _Row) -> None:
         try:
+            if self._closed:
+                raise queue.Full
             self._queue.put_nowait(item)
+            if item.urgent:
+                self._urgent.set()
         except queue.Full:
-            log.error("decision log queue full: dropping a %s row", "decision" if item[0] == "d" else "feedback")
-            if self.on_drop:
-                self.on_drop(1)
+            what = "decision" if item.kind == "d" else "feedback"
+            why = "the decision log is closed" if self._closed else "decision log queue full"
+            log.error("%s: dropping a %s row (request %s)", why, what, item.request_id)
+            self._fail_rows([item], why)
+
+    def _event(self, kind: str) -> None:
+        if self.on_error is not None:
+            try:
+                self.on_error(kind)
+            except Exception:  # noqa: BLE001 - a metrics problem must never stop the writer
+                log.exception("decision log on_error callback failed")
+
+    def _fail_rows(self, rows: list[_Row], why: str) -> None:
+        """Count ``rows`` as dropped and fail their futures (nobody may be told they were written)."""
+        rows = [r for r in rows if not r.settled]
+        if not rows:
+            return
+        for r in rows:
+            r.settled = True
+        if self.on_drop is not None:
+            try:
+                self.on_drop(len(rows))
+            except Exception:  # noqa: BLE001
+                log.exception("decision log on_drop callback failed")
+        for r in rows:
+            _settle(r.future, DecisionLogError(why))
+
+    def _drain(self) -> list[_Row]:
+        rows: list[_Row] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return rows
+            if isinstance(item, _Row):
+                rows.append(item)
+            elif isinstance(item, _Flush):
+                item.done.set()
 
     def _run(self) -> None:
-        conn = connect(self.path)
+        conn: sqlite3.Connection | None = None
+        items: list[Any] = []
         try:
             while True:
-                item = self._queue.get()
+                try:
+                    # while writes fail, wake up now and then to see whether the database is back
+                    item = self._queue.get(timeout=self.probe_seconds if self._failing is not None else None)
+                except queue.Empty:
+                    conn = self._probe(conn)
+                    continue
                 items = [item]
-                if item is not None and not isinstance(item, _Flush) and self._queue.qsize() < self.batch_rows:
-                    time.sleep(self.flush_seconds)  # let rows accumulate: one transaction per interval
+                # Let rows accumulate (one transaction per interval), unless someone waits for this commit:
+                # durable feedback commits at once, and whatever arrived meanwhile shares the transaction.
+                if isinstance(item, _Row) and not item.urgent and self._queue.qsize() < self.batch_rows:
+                    self._urgent.wait(self.flush_seconds)  # a durable row cuts the pause short
+                self._urgent.clear()
                 while len(items) < self.batch_rows:
                     try:
                         items.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                stop = self._write(conn, items)
-                if stop:
-                    return
-        finally:
-            conn.close()
-
-    def _write(self, conn: sqlite3.Connection, items: list[Any]) -> bool:
-        decisions = [row for kind, row in (i for i in items if isinstance(i, tuple)) if kind == "d"]
-        feedback = [row for kind, row in (i for i in items if isinstance(i, tuple)) if kind == "f"]
-        if decisions or feedback:
-            for attempt in range(3):
+                rows = [i for i in items if isinstance(i, _Row)]
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    if decisions:
-                        conn.executemany(_INSERT_DECISION, decisions)
-                    if feedback:
-                        conn.executemany(_INSERT_FEEDBACK, feedback)
-                    conn.execute("COMMIT")
-                    break
-                except sqlite3.Error as exc:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                    if attempt == 2:
-                        n = len(decisions) + len(feedback)
-                        log.error("decision log write failed, %d row(s) dropped: %s", n, exc)
-                        if self.on_drop:
-                            self.on_drop(n)
-                    else:
-                        time.sleep(0.05 * (attempt + 1))
-        for i in items:
-            if isinstance(i, _Flush):
-                i.done.set()
-        return any(i is None for i in items)
+                    if rows:
+                        if conn is None:
+                            conn = connect(self.path, busy_seconds=self.busy_seconds)
+                        self._write(conn, rows)
+                except Exception as exc:  # noqa: BLE001 - the writer must outlive any error: count, log, go on
+                    self._batch_failed(rows, exc)
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                    conn = None  # reconnect for the next batch
+                finally:
+                    for i in items:
+                        if isinstance(i, _Flush):
+                            i.done.set()
+                if any(i is None for i in items):
+                    return
+        except BaseException as exc:
+            self._stopped = _reason(exc)
+            why = f"the decision-log writer stopped: {self._stopped}"
+            log.critical("%s", why)
+            in_hand = [i for i in items if isinstance(i, _Row)]
+            try:
+                # the batch in hand is lost: count its unwritten rows (decisions have no future to tell)
+                self._fail_rows(in_hand, why)
+            finally:
+                # whoever waits must not be told the rows were written, even when counting them failed too
+                for i in items:
+                    if isinstance(i, _Row):
+                        _settle(i.future, DecisionLogError(why))
+                    elif isinstance(i, _Flush):
+                        i.done.set()
+            # the thread ends here (logged above); health() reports it and starts a new one
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def _probe(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """Take the write lock and touch both tables, then roll back: when that works, writes work again."""
+        try:
+            if conn is None:
+                conn = connect(self.path, busy_seconds=self.busy_seconds)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM decisions WHERE 0")
+                conn.execute("DELETE FROM feedback WHERE 0")
+            finally:
+                conn.execute("ROLLBACK")
+        except Exception as exc:  # noqa: BLE001 - still failing: keep the newest reason, try again later
+            self._failing = _reason(exc)
+            if conn is not None:
+                _rollback(conn)
+                with contextlib.suppress(Exception):
+                    conn.close()
+            return None
+        log.warning("decision log writes work again (was: %s)", self._failing)
+        self._failing = None
+        return conn
+
+    def _batch_failed(self, rows: list[_Row], exc: BaseException) -> None:
+        self._failing = _reason(exc)
+        log.error("decision log write failed, %d row(s) dropped: %s", len(rows), self._failing)
+        self._event("batch")
+        self._fail_rows(rows, f"decision log write failed: {self._failing}")
+
+    def _write(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
+        """Write ``rows`` in one transaction; retry a failing database twice; drop (and count) rows it refuses."""
+        for attempt in range(3):
+            try:
+                rejected = self._transaction(conn, rows)
+                break
+            except Exception as exc:  # noqa: BLE001
+                _rollback(conn)
+                if attempt == 2 or not _database_error(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        self._failing = None
+        bad = {id(r) for r, _ in rejected}
+        for r in rows:  # committed: tell the waiters first
+            if id(r) in bad:
+                continue
+            r.settled = True
+            _settle(r.future)
+        for r, why in rejected:
+            log.error(
+                "decision log refused a %s row (request %s), dropped: %s",
+                "decision" if r.kind == "d" else "feedback",
+                r.request_id,
+                why,
+            )
+            self._event("row")
+        self._fail_rows([r for r, _ in rejected], "the decision log refused the row")
+
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection, rows: list[_Row]) -> list[tuple[_Row, str]]:
+        conn.execute("BEGIN IMMEDIATE")
+        decisions = [r.values for r in rows if r.kind == "d"]
+        feedback = [r.values for r in rows if r.kind == "f"]
+        rejected: list[tuple[_Row, str]] = []
+        try:
+            if decisions:
+                conn.executemany(_INSERT_DECISION, decisions)
+            if feedback:
+                conn.executemany(_INSERT_FEEDBACK, feedback)
+        except Exception as exc:  # noqa: BLE001
+            if _database_error(exc):
+                raise
+            # One row's values were refused (an integer beyond 64 bits, a lone surrogate, ...): redo the batch
+            # row by row so only the bad rows are dropped.
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            for r in rows:
+                try:
+                    conn.execute(_INSERT_DECISION if r.kind == "d" else _INSERT_FEEDBACK, r.values)
+                except Exception as row_exc:  # noqa: BLE001
+                    if _database_error(row_exc):
+                        raise
+                    rejected.append((r, _reason(row_exc)))
+        conn.execute("COMMIT")
+        return rejected
 
     # --- reads -------------------------------------------------------------------------------------------------
     def get_decision(self, request_id: str) -> dict[str, Any] | None:
@@ -351,6 +658,24 @@ class DecisionLog:
         return {"decisions": int(d), "feedback": int(f)}
 
 
+def _settle(future: Future[None] | None, error: BaseException | None = None) -> None:
+    """Resolve a row's future, unless it is done already: a waiter that gave up (a timed-out durable feedback)
+    cancels it, possibly at this very moment, and that must never look like a failed write."""
+    if future is None or future.done():
+        return
+    with contextlib.suppress(InvalidStateError):
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(Exception):
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
 def _str_or_none(v: Any) -> str | None:
     return None if v is None else str(v)
 
@@ -358,12 +683,24 @@ def _str_or_none(v: Any) -> str | None:
 # --------------------------------------------------------------------------------------------------------------
 # export for training
 # --------------------------------------------------------------------------------------------------------------
+class NothingToExport(ValueError):
+    """The selected feedback holds no row training could use (the message says why)."""
+
+
+class CatalogMismatch(ValueError):
+    """The exported rows cannot be tied to one catalog (none stored, or different ones)."""
+
+
 @dataclass
 class ExportSummary:
     feedback_rows: int
     exported_rows: int
     without_prompt: int
     without_decision: int
+    invalid_numbers: int = 0
+    unknown_model: int = 0
+    router_versions: list[str] = field(default_factory=list)
+    catalog_path: Path | None = None
 
     def describe(self) -> str:
         parts = [f"exported {self.exported_rows} of {self.feedback_rows} feedback row(s)"]
@@ -374,6 +711,15 @@ class ExportSummary:
             )
         if self.without_decision:
             parts.append(f"{self.without_decision} left out because their request_id has no logged decision")
+        if self.invalid_numbers:
+            parts.append(
+                f"{self.invalid_numbers} left out because they hold a non-finite or out-of-range number (score, "
+                "tokens, cost or latency; written before the service refused them)"
+            )
+        if self.unknown_model:
+            parts.append(f"{self.unknown_model} left out because their model is not in the exported catalog")
+        if self.catalog_path is not None:
+            parts.append(f"catalog of {', '.join(self.router_versions)} written to {self.catalog_path}")
         return "; ".join(parts)
 
 
@@ -395,34 +741,75 @@ EXPORT_COLUMNS = (
     "tenant",
     "router_version",
 )
+def _valid_numbers(rec: dict[str, Any]) -> bool:
+    return all(attempt_number_problem(col, rec[col]) is None for col in ATTEMPT_LIMITS)
 
 
-def export_rows(path: str | Path) -> tuple[list[dict[str, Any]], ExportSummary]:
-    """Feedback joined with its decision, one dict per feedback row, in the canonical long format (+ extras)."""
+def _since_iso(since: str | None) -> str | None:
+    """``--since`` as the log's timestamp format (UTC ISO 8601), so a string comparison selects rows."""
+    if since is None:
+        return None
+    try:
+        t = datetime.fromisoformat(since.strip())
+    except ValueError:
+        raise ValueError(f"since: {since!r} is not an ISO date or time (e.g. 2026-11-01 or 2026-11-01T08:00)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def export_rows(
+    path: str | Path, *, router_version: str | None = None, since: str | None = None
+) -> tuple[list[dict[str, Any]], ExportSummary]:
+    """Feedback joined with its decision, one dict per feedback row, in the canonical long format (+ extras).
+
+    ``router_version`` keeps only decisions of that version; ``since`` only feedback recorded at or after that
+    time. Rows holding a non-finite or out-of-range number (logs written before the API refused them) are left out
+    and counted: an export never carries ``inf``."""
+    where, params = [], []
+    if router_version is not None:
+        where.append("d.router_version = ?")
+        params.append(router_version)
+    start = _since_iso(since)
+    if start is not None:
+        where.append("f.created_at >= ?")
+        params.append(start)
     conn = connect(path, readonly=True)
     try:
-        total = conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+        total = conn.execute(
+            "SELECT COUNT(*) FROM feedback f LEFT JOIN decisions d ON d.request_id = f.request_id"
+            + (" WHERE " + " AND ".join(where) if where else ""),
+            params,
+        ).fetchone()[0]
         orphan = conn.execute(
             "SELECT COUNT(*) FROM feedback f LEFT JOIN decisions d ON d.request_id = f.request_id "
-            "WHERE d.request_id IS NULL"
+            "WHERE d.request_id IS NULL" + ("".join(" AND " + w for w in where)),
+            params,
         ).fetchone()[0]
         cur = conn.execute(
             "SELECT d.prompt_hash, d.prompt, f.model, f.score, f.cost_usd, f.input_tokens, f.output_tokens, "
             "f.latency_ms, d.task, d.role, f.created_at, f.request_id, f.tier, d.tier, d.tenant, d.router_version "
-            "FROM feedback f JOIN decisions d ON d.request_id = f.request_id ORDER BY f.id"
+            "FROM feedback f JOIN decisions d ON d.request_id = f.request_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY f.id",
+            params,
         )
         rows: list[dict[str, Any]] = []
-        no_prompt = 0
+        no_prompt = invalid = 0
         for r in cur:
             if r[1] is None:
                 no_prompt += 1
                 continue
             rec = dict(zip(EXPORT_COLUMNS, r, strict=True))
+            if not _valid_numbers(rec):
+                invalid += 1
+                continue
             rec["prompt_id"] = str(r[0])[:16]
             rows.append(rec)
     finally:
         conn.close()
-    return rows, ExportSummary(int(total), len(rows), no_prompt, int(orphan))
+    versions = sorted({str(r["router_version"]) for r in rows})
+    return rows, ExportSummary(int(total), len(rows), no_prompt, int(orphan), invalid, 0, versions)
 
 
 def export_log(path: str | Path, out: str | Path | None = None) -> tuple[Any, ExportSummary]:
@@ -435,6 +822,100 @@ def export_log(path: str | Path, out: str | Path | None = None) -> tuple[Any, Ex
         from router.atomic_io import write_frame_atomic
 
         write_frame_atomic(frame, Path(out))
+    return frame, summary
+
+
+def stored_catalogs(path: str | Path) -> dict[str, str]:
+    """Catalog YAML per router version, as the service stored them (empty for logs older than the table)."""
+    conn = connect(path, readonly=True)
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'catalogs'").fetchone() is None:
+            return {}
+        return {str(v): str(c) for v, c in conn.execute("SELECT router_version, catalog FROM catalogs")}
+    finally:
+        conn.close()
+
+
+def _nothing_message(path: Path, summary: ExportSummary, filtered: bool) -> str:
+    scope = " (with these --router-version / --since filters)" if filtered else ""
+    if summary.feedback_rows == 0:
+        return f"nothing to train on: the decision log {path} has no feedback{scope} (POST /v1/feedback records it)"
+    if summary.without_prompt and summary.without_prompt + summary.without_decision >= summary.feedback_rows:
+        return (
+            f"nothing to train on: none of the {summary.feedback_rows} feedback row(s){scope} can be trained on, "
+            "because their decisions stored only a SHA-256 of the prompt, not its text. Prompts stay private by "
+            "default; to train on feedback, run the service with TIERWISE_STORE_PROMPTS=true and export the "
+            "feedback collected after that"
+        )
+    return f"nothing to train on{scope}: {summary.describe()}"
+
+
+def export_for_training(
+    path: str | Path,
+    out: str | Path,
+    *,
+    router_version: str | None = None,
+    since: str | None = None,
+    catalog: str | Path | None = None,
+) -> tuple[Any, ExportSummary]:
+    """``tierwise decisions export``: the training log at ``out`` plus the catalog it was routed with beside it
+    (:func:`router.catalog.catalog_sidecar_path`), both written atomically.
+
+    Raises :class:`NothingToExport` (and writes nothing) when no row can be trained on, and
+    :class:`CatalogMismatch` when the rows span router versions whose catalogs differ or whose catalog the log does
+    not hold (``catalog``: the catalog YAML to use for versions logged before the service stored catalogs)."""
+    import pandas as pd
+    import yaml
+
+    from router.atomic_io import write_frame_atomic, write_text_atomic
+    from router.catalog import Catalog, catalog_sidecar_path
+
+    path, out = Path(path), Path(out)
+    rows, summary = export_rows(path, router_version=router_version, since=since)
+    filtered = router_version is not None or since is not None
+    if not rows:
+        raise NothingToExport(_nothing_message(path, summary, filtered))
+    stored = stored_catalogs(path)
+    given = Catalog.from_yaml(catalog) if catalog is not None else None
+    by_version: dict[str, Catalog] = {}
+    missing = []
+    for v in summary.router_versions:
+        if v in stored:
+            by_version[v] = Catalog.from_dict(yaml.safe_load(stored[v]), source=f"{path}: catalog of {v}")
+        elif given is not None:
+            by_version[v] = given
+        else:
+            missing.append(v)
+    if missing:
+        raise CatalogMismatch(
+            f"the decision log holds no catalog for router version(s) {', '.join(missing)} (logged before the "
+            "service stored catalogs): pass the catalog the service routed with (--catalog PATH), or export other "
+            "versions only (--router-version VERSION)"
+        )
+    groups: dict[str, list[str]] = {}
+    first: dict[str, Catalog] = {}
+    for v, cat in by_version.items():
+        key = cat.to_yaml()
+        groups.setdefault(key, []).append(v)
+        first.setdefault(key, cat)
+    if len(groups) > 1:
+        shown = "; ".join(f"{first[k].name!r}: {', '.join(vs)}" for k, vs in groups.items())
+        raise CatalogMismatch(
+            f"the exported rows were routed with different catalogs ({shown}); train on one catalog at a time: "
+            "export with --router-version VERSION (or --since DATE to keep only recent feedback)"
+        )
+    (cat,) = first.values()
+    models = set(cat.models)
+    kept = [r for r in rows if r["model"] in models]
+    summary.unknown_model = len(rows) - len(kept)
+    summary.exported_rows = len(kept)
+    if not kept:
+        raise NothingToExport(_nothing_message(path, summary, filtered))
+    summary.catalog_path = catalog_sidecar_path(out)
+    # the catalog first: a reader that finds the new log also finds its catalog
+    write_text_atomic(summary.catalog_path, cat.to_yaml())
+    frame = pd.DataFrame(kept, columns=list(EXPORT_COLUMNS))
+    write_frame_atomic(frame, out)
     return frame, summary
 
 

@@ -81,6 +81,14 @@ class ServiceMetrics:
         self.log_dropped = Counter(
             "tierwise_decision_log_dropped", "Decision-log rows dropped (queue full or write error).", registry=r
         )
+        self.log_errors = Counter(
+            "tierwise_decision_log_errors",
+            "Decision-log write problems: row (the database refused one row), batch (a transaction failed after "
+            "retries), writer (the writer thread had stopped and was restarted), catalog (a reloaded model's "
+            "catalog could not be stored).",
+            ("kind",),
+            registry=r,
+        )
         mode = {"multiprocess_mode": "liveall"} if multiprocess_dir() else {}
         self.model_info = Gauge(
             "tierwise_model_info",

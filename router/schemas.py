@@ -6,10 +6,15 @@ silent change of routing. Free-form ``metadata`` is the one place where any keys
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from router.limits import MAX_COST_USD, MAX_LATENCY_MS, MAX_TOKENS
+from router.numbers import Integer, Number  # Number stays importable from here
 
 Role = Literal["single", "plan", "execute", "verify"]
 LatencyTolerance = Literal["realtime", "batch"]
@@ -28,6 +33,41 @@ MESSAGES_DOC = (
 )
 CONTEXT_CHARS = 300
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+
+
+def whole_number(value: Any) -> Any:
+    """812.0 is a whole number in JSON (and YAML): accept it as a count (strict int still refuses 812.5 and true)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
+def number_message(err: Mapping[str, Any]) -> str | None:
+    """The message for a pydantic error about a Number / Integer in tierwise's words, or None for other errors
+    (pydantic says "valid number" for true, and "valid integer" for Infinity in an integer field)."""
+    kind, value = err.get("type"), err.get("input")
+    if isinstance(value, bool) and kind in ("float_type", "int_type"):
+        return "must be a number, not true/false"
+    if kind == "finite_number" or (kind == "int_type" and isinstance(value, float) and not math.isfinite(value)):
+        return "must be a finite number (not Infinity, NaN or beyond the float range)"
+    return None
+
+
+# Every number in a request body is a router.numbers Number (strict, finite); each field adds its own bounds.
+TokenCount = Annotated[Integer, Field(ge=0, le=MAX_TOKENS), BeforeValidator(whole_number)]
+
+
+def _no_non_finite(value: Any, where: str = "metadata") -> Any:
+    """Free-form JSON may hold any value but no Infinity/NaN (they are not JSON and poison exports)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} holds a non-finite number ({value}); send finite numbers only")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _no_non_finite(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _no_non_finite(v, f"{where}.{i}")
+    return value
 
 
 def clean_text(text: str) -> str:
@@ -128,20 +168,25 @@ class RequestMetadata(BaseModel):
     )
     tenant: str | None = Field(None, max_length=200, description="Tenant / customer id.")
 
+    @model_validator(mode="after")
+    def _finite_extras(self) -> RequestMetadata:
+        _no_non_finite(self.model_extra or {})
+        return self
+
 
 class RoutingOptions(BaseModel):
     """Knobs shared by /v1/route, /v1/route/batch items and /v1/route/plan."""
 
     model_config = ConfigDict(extra="forbid")
 
-    threshold: float | None = Field(
+    threshold: Number | None = Field(
         None,
         ge=0,
         le=1,
         description="Route to the cheapest tier whose P(acceptable) is at least this. Default: the model's own "
         "threshold, chosen on its calibration split. Higher = safer and more expensive.",
     )
-    quality_target: float | None = Field(
+    quality_target: Number | None = Field(
         None,
         gt=0,
         le=1.5,
@@ -326,15 +371,30 @@ class FeedbackRequest(BaseModel):
     )
 
     request_id: str = Field(pattern=REQUEST_ID_PATTERN, description="`request_id` of the routing decision.")
+    feedback_id: str | None = Field(
+        None,
+        pattern=REQUEST_ID_PATTERN,
+        description="Your id for this feedback (e.g. a UUID). A retry with the same `feedback_id` is recorded once, so "
+        "a feedback whose answer was lost or a 503 can be sent again safely.",
+    )
     tier: str | None = Field(None, description="Tier actually used (or give `model`).")
     model: str | None = Field(None, description="Model actually used (or give `tier`).")
-    score: float | None = Field(None, ge=0, le=1, description="Quality score in [0, 1] (or give `acceptable`).")
+    score: Number | None = Field(None, ge=0, le=1, description="Quality score in [0, 1] (or give `acceptable`).")
     acceptable: bool | None = Field(None, description="Was the answer acceptable? (or give `score`).")
-    input_tokens: int | None = Field(None, ge=0)
-    output_tokens: int | None = Field(None, ge=0)
-    cost_usd: float | None = Field(None, ge=0, description="Actual cost of the call.")
-    latency_ms: float | None = Field(None, ge=0, description="Latency of the model call.")
-    metadata: dict[str, Any] | None = Field(None, description="Free-form, logged.")
+    input_tokens: TokenCount | None = Field(None, description=f"Input tokens of the call (at most {MAX_TOKENS:,}).")
+    output_tokens: TokenCount | None = Field(None, description=f"Output tokens of the call (at most {MAX_TOKENS:,}).")
+    cost_usd: Number | None = Field(
+        None, ge=0, le=MAX_COST_USD, description=f"Actual cost of the call in USD (at most {MAX_COST_USD:,.0f})."
+    )
+    latency_ms: Number | None = Field(
+        None, ge=0, le=MAX_LATENCY_MS, description="Latency of the model call in ms (at most 7 days)."
+    )
+    metadata: dict[str, Any] | None = Field(None, description="Free-form, logged (finite numbers only).")
+
+    @field_validator("metadata")
+    @classmethod
+    def _finite_metadata(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _no_non_finite(v)
 
     @model_validator(mode="after")
     def _needs(self) -> FeedbackRequest:
@@ -466,6 +526,11 @@ class ReadyResponse(BaseModel):
     encoder: str | None
     loaded_at: str
     detail: str | None = Field(None, description="Why the service is degraded, or the last reload error.")
+    decision_log: str | None = Field(
+        None,
+        description="Null while the decision log writes; else why not (its writer had stopped, or writes fail): "
+        "the service is then not ready.",
+    )
 
 
 class ReloadResponse(BaseModel):

@@ -44,7 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from router.decision import ROLES
-from router.decision_log import DecisionLog
+from router.decision_log import DecisionLog, DecisionLogError
 from router.metrics import ServiceMetrics
 from router.microbatch import MicroBatcher
 from router.schemas import (
@@ -62,6 +62,7 @@ from router.schemas import (
     RouteResponse,
     RoutingOptions,
     TiersResponse,
+    number_message,
 )
 from router.service_settings import ServiceSettings
 
@@ -70,6 +71,7 @@ log = logging.getLogger("tierwise.service")
 API_VERSION = "v1"
 DEFAULT_OUTPUT_TOKENS = 256
 DEFAULT_CHARS_PER_TOKEN = 4.0
+DURABLE_FEEDBACK_TIMEOUT_S = 60.0  # the writer retries a busy database for up to ~30 s before it gives up
 SOURCE_FILE = "source.json"
 STATE_DIR_ENV = "TIERWISE_SERVE_STATE_DIR"  # set by `tierwise serve --workers N`: start-up errors land there
 KNOWN_PATHS = frozenset(
@@ -527,11 +529,23 @@ class Service:
         self._reload_lock = asyncio.Lock()
         try:
             self.dlog = DecisionLog(
-                s.decision_log_path, store_prompts=s.store_prompts, on_drop=self.metrics.log_dropped.inc
+                s.decision_log_path,
+                store_prompts=s.store_prompts,
+                on_drop=self.metrics.log_dropped.inc,
+                on_error=lambda kind: self.metrics.log_errors.labels(kind=kind).inc(),
             )
         except Exception as exc:
             raise StartupError(f"cannot open the decision log {s.decision_log_path}: {one_line(exc)}") from exc
+        for kind in (*DecisionLog.ERROR_KINDS, "catalog"):  # exported at 0, so a rate() or alert sees the series
+            self.metrics.log_errors.labels(kind=kind)
         self.model = await asyncio.to_thread(self.manager.load_initial)
+        try:
+            await asyncio.to_thread(self._record_catalog, self.model)
+        except Exception as exc:
+            raise StartupError(
+                f"cannot write the catalog of {self.model.label} to the decision log {s.decision_log_path}: "
+                f"{one_line(exc)}"
+            ) from exc
         self.metrics.set_model(self.model.label, self.model.degraded)
         self.dlog.start()
         self._settle_heap()
@@ -540,14 +554,20 @@ class Service:
         if s.poll_seconds > 0:
             self._poll_task = asyncio.create_task(self._poll(), name="tierwise-poll")
         log.info(
-            "serving %s (%s%s), encoder %s, decision log %s (prompts %s)",
+            "serving %s (%s%s), encoder %s, decision log %s (prompts %s, feedback %s)",
             self.model.label,
             self.model.source,
             ", DEGRADED" if self.model.degraded else "",
             self.model.encoder,
             s.decision_log_path,
             "stored" if s.store_prompts else "hashed",
+            "durable" if s.durable_feedback else "acknowledged before commit",
         )
+
+    def _record_catalog(self, m: LoadedModel) -> None:
+        """Store the catalog this router version routes with, so an export of its feedback names it."""
+        assert self.dlog is not None
+        self.dlog.record_catalog(m.label, m.router.catalog.to_yaml())
 
     def _settle_heap(self) -> None:
         """Collect garbage once, then move every surviving object to the permanent generation (``gc.freeze``).
@@ -591,6 +611,11 @@ class Service:
                 raise ApiError(
                     503, "reload_failed", f"{self.last_reload_error}; still serving {old.label}", "model_uri"
                 ) from exc
+            try:
+                await asyncio.to_thread(self._record_catalog, new)
+            except Exception as exc:  # noqa: BLE001 - serve anyway; an export of this version then asks for it
+                self.metrics.log_errors.labels(kind="catalog").inc()
+                log.error("cannot write the catalog of %s to the decision log: %s", new.label, one_line(exc))
             if uri:
                 self.manager.model_uri = uri
             self.model = new
@@ -993,7 +1018,7 @@ class Service:
         score = float(body.score) if body.score is not None else (1.0 if body.acceptable else 0.0)
         acceptable = body.acceptable if body.acceptable is not None else score >= cat.acceptability.threshold
         assert self.dlog is not None
-        self.dlog.record_feedback(
+        written = self.dlog.record_feedback(
             request_id=body.request_id,
             tier=tier.name,
             model=tier.model,
@@ -1004,7 +1029,26 @@ class Service:
             cost_usd=body.cost_usd,
             latency_ms=body.latency_ms,
             metadata=body.metadata,
+            durable=self.settings.durable_feedback,
+            feedback_id=body.feedback_id,
         )
+        try:
+            if self.settings.durable_feedback:
+                # 200 only once the row is committed: a crash after this answer cannot lose it
+                await asyncio.wait_for(asyncio.wrap_future(written), DURABLE_FEEDBACK_TIMEOUT_S)
+            elif written.done():
+                written.result()  # refused at once (queue full): never answer recorded: true for it
+        except DecisionLogError as exc:
+            raise ApiError(503, "not_recorded", f"feedback not recorded: {exc}; retry later", None) from exc
+        except TimeoutError as exc:
+            # the row is still queued and may be committed after this answer: a plain retry could record it twice
+            raise ApiError(
+                503,
+                "not_confirmed",
+                f"feedback not confirmed within {DURABLE_FEEDBACK_TIMEOUT_S:.0f} s; it may still be recorded: retry "
+                "with the same feedback_id (recorded once), or do not retry",
+                None,
+            ) from exc
         self.metrics.feedback.labels(tier=tier.name, acceptable=str(bool(acceptable)).lower()).inc()
         return {"request_id": body.request_id, "recorded": True, "model": tier.model, "score": score}
 
@@ -1036,9 +1080,11 @@ class Service:
                 "encoder": None,
                 "loaded_at": "",
                 "detail": "model not loaded yet",
+                "decision_log": None,
             }
-        return 200, {
-            "ready": True,
+        problem = self.dlog.health() if self.dlog is not None else "the decision log is not open"
+        return 503 if problem else 200, {
+            "ready": problem is None,
             "degraded": m.degraded,
             "source": m.source,
             "model_uri": m.uri,
@@ -1047,7 +1093,8 @@ class Service:
             "version": m.version,
             "encoder": m.encoder,
             "loaded_at": m.loaded_at,
-            "detail": m.detail or self.last_reload_error,
+            "detail": problem or m.detail or self.last_reload_error,
+            "decision_log": problem,
         }
 
 
@@ -1106,7 +1153,7 @@ def _message_of(err: dict[str, Any]) -> str:
         msg = "unknown field (not part of the API; check the spelling)"
     if err.get("type") == "missing":
         msg = "field required"
-    return msg
+    return number_message(err) or msg
 
 
 def install_error_handlers(app: FastAPI, service: Service) -> None:
@@ -1265,12 +1312,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.post(
         "/v1/feedback",
         response_model=FeedbackResponse,
-        responses={**ERROR_RESPONSES, 404: {"model": ErrorResponse, "description": "Unknown request_id."}},
+        responses={
+            **ERROR_RESPONSES,
+            404: {"model": ErrorResponse, "description": "Unknown request_id."},
+            503: {"model": ErrorResponse, "description": "The decision log could not write the row: retry later."},
+        },
         tags=["feedback"],
         summary="Report which tier answered and whether the answer was acceptable",
     )
     async def feedback(body: FeedbackRequest) -> dict[str, Any]:
-        """Written to the decision log; `tierwise decisions export` turns it into a training log."""
+        """Written to the decision log; `tierwise decisions export` turns it into a training log. With
+        `TIERWISE_DURABLE_FEEDBACK` (the default) the answer comes once the row is committed; 503 when it could not
+        be written."""
         return await service.feedback(body)
 
     @app.get("/v1/tiers", response_model=TiersResponse, tags=["catalog"], summary="The served model's tier catalog")
@@ -1285,11 +1338,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         "/readyz",
         response_model=ReadyResponse,
         tags=["operations"],
-        summary="Model loaded? Which version? Degraded?",
+        summary="Model loaded? Which version? Degraded? Decision log writing?",
         responses={503: {"model": ReadyResponse}},
     )
     async def readyz() -> Response:
-        status, body = service.ready()
+        status, body = await asyncio.to_thread(service.ready)  # the decision log's health check may wait briefly
         return Response(_dumps(body), status_code=status, media_type="application/json")
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)

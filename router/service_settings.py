@@ -39,6 +39,11 @@ class ServiceSettings(HomeSettings):
     store_prompts: bool = Field(
         False, description="Store prompt text in the decision log (needed to train on it); else a SHA-256 only."
     )
+    durable_feedback: bool = Field(
+        True,
+        description="Answer POST /v1/feedback only after its row is committed to the decision log (a crash then "
+        "loses no acknowledged feedback); false = answer once queued (commits follow within ~20 ms).",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body (413 above).")
     max_batch_items: int = Field(1000, ge=1, description="Most requests in one POST /v1/route/batch call.")
     max_plan_steps: int = Field(200, ge=1, description="Most steps in one POST /v1/route/plan call.")

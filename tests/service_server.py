@@ -70,6 +70,12 @@ class ServerProcess:
     def wait_exit(self, timeout: float = 120.0) -> int:
         return self.proc.wait(timeout)
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks run (a crash, an OOM kill, a power cut of the process)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(20)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

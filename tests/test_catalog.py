@@ -142,3 +142,70 @@ def test_commented_yaml_round_trips() -> None:
     assert text.startswith("# drafted from a log\n# review before use\n")
     assert "# mean logged cost" in text and "# no logged cost" in text
     assert Catalog.from_dict(yaml.safe_load(text)) == cat
+
+
+# ---- non-finite, negative, absurd and boolean numbers (issue 11) ------------------------------------------------
+@pytest.mark.parametrize(
+    ("field", "literal", "why"),
+    [
+        ("input_usd_per_1m", ".inf", "finite number"),
+        ("output_usd_per_1m", ".nan", "finite number"),
+        ("output_usd_per_1m", "1.0e+400", "finite number"),
+        ("input_usd_per_1m", "-.inf", "finite number"),
+        ("input_usd_per_1m", "-0.5", "greater than or equal to 0"),
+        ("output_usd_per_1m", "2.0e+6", "less than or equal to 100000"),
+        ("input_usd_per_1m", "true", "must be a number, not true/false"),
+        ("input_usd_per_1m", "cheap", "valid number (got 'cheap')"),
+        ("batch_discount", ".nan", "finite number"),
+        ("batch_discount", "false", "must be a number, not true/false"),
+        ("batch_discount", "-0.1", "greater than or equal to 0"),
+        ("typical_output_tokens", ".inf", "finite number"),
+        ("typical_output_tokens", "-3", "greater than or equal to 0"),
+        ("typical_output_tokens", "2000000000", "less than or equal to 1000000000"),
+        ("typical_output_tokens", "true", "must be a number, not true/false"),
+    ],
+)
+def test_bad_tier_numbers_are_refused_naming_tier_and_field(
+    tmp_path: Path, field: str, literal: str, why: str
+) -> None:
+    path = tmp_path / "catalog.yaml"
+    text = CATALOG_YAML.replace("output_usd_per_1m: 30}", f"output_usd_per_1m: 30, {field}: {literal}}}")
+    if field == "output_usd_per_1m":
+        text = CATALOG_YAML.replace("output_usd_per_1m: 30}", f"{field}: {literal}}}")
+    path.write_text(text)
+    with pytest.raises(CatalogError) as info:
+        Catalog.from_yaml(path)
+    msg = str(info.value)
+    assert str(path) in msg
+    assert f"tiers.1.{field} (tier 'large'): " in msg and why in msg
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), True, 1.5, -0.1])
+def test_bad_thresholds_are_refused(value: object) -> None:
+    data = yaml.safe_load(CATALOG_YAML)
+    data["acceptability"]["threshold"] = value
+    with pytest.raises(CatalogError, match=r"acceptability\.threshold: "):
+        Catalog.from_dict(data)
+    data = yaml.safe_load(CATALOG_YAML)
+    data["acceptability"]["per_task"]["summarize"] = value
+    with pytest.raises(CatalogError, match=r"acceptability\.per_task\.summarize: "):
+        Catalog.from_dict(data)
+
+
+def test_plain_numbers_still_parse() -> None:
+    data = yaml.safe_load(CATALOG_YAML.replace("input_usd_per_1m: 10,", "input_usd_per_1m: 1e-1,"))
+    assert data["tiers"][1]["input_usd_per_1m"] == "1e-1"  # PyYAML reads exponents without a dot as text
+    data["tiers"][1]["typical_output_tokens"] = 512.0  # a whole number written as a float
+    cat = Catalog.from_dict(data)
+    assert cat.tiers[1].input_usd_per_1m == pytest.approx(0.1)
+    assert cat.tiers[1].typical_output_tokens == 512 and isinstance(cat.tiers[1].typical_output_tokens, int)
+    assert Catalog.from_dict(yaml.safe_load(demo_catalog().to_yaml())) == demo_catalog()
+
+
+def test_catalog_sidecar_path() -> None:
+    from router.catalog import catalog_sidecar_path
+
+    assert catalog_sidecar_path("out/feedback.csv") == Path("out/feedback.catalog.yaml")
+    assert catalog_sidecar_path("feedback.csv.gz") == Path("feedback.catalog.yaml")
+    assert catalog_sidecar_path("/x/logs.v2.parquet") == Path("/x/logs.v2.catalog.yaml")
+    assert catalog_sidecar_path("noext") == Path("noext.catalog.yaml")

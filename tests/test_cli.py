@@ -90,3 +90,44 @@ def test_real_logs_are_accepted_with_options_only(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.stderr
     assert 1000 < len(pd.read_parquet(tmp_path / "gsm.parquet")) <= 1319
+
+
+def test_train_reads_every_data_log_and_names_the_bad_one(tmp_path: Path) -> None:
+    base = write_demo_log(tmp_path / "base.csv", n_prompts=120, seed=1)
+    feedback = tmp_path / "feedback.csv"
+    rows = demo_log(n_prompts=20, seed=2).head(6)
+    rows.to_csv(feedback, index=False)
+    feedback.write_text(feedback.read_text().replace(f",{rows['cost_usd'].iloc[4]},", ",Infinity,", 1))
+    store = ["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "-q"]
+    res = runner.invoke(app, ["train", "--data", str(base), "--data", str(feedback), *store])
+    assert res.exit_code == 2
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {feedback}: column 'cost_usd': 1 row infinite")
+    assert "(row 5: inf)" in err[0]
+    res = runner.invoke(app, ["train", "--data", str(base), "--data", str(tmp_path / "nope.csv"), *store])
+    assert res.exit_code == 2 and "nope.csv" in res.stderr and "not found" in res.stderr
+    res = runner.invoke(app, ["train", "--demo", "--data", str(base), *store])
+    assert res.exit_code == 2 and "exactly one of --data PATH or --demo" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ('{"quality_target": Infinity}', "Infinity is not a finite number"),
+        ('{"quality_target": NaN}', "NaN is not a finite number"),
+        ('{"quality_target": 1e400}', "1e400 is not a finite number"),
+        ('{"lgbm_params": {"learning_rate": -Infinity}}', "-Infinity is not a finite number"),
+        ('{"quality_target": true}', "quality_target: Input should be a valid number"),
+        ('{"n_estimators": 0}', "n_estimators: Input should be greater than or equal to 1"),
+        ('[1, 2]', "--config must be a JSON object"),
+    ],
+)
+def test_train_config_refuses_non_finite_and_non_numbers(tmp_path: Path, config: str, needle: str) -> None:
+    # Before: json.loads accepted Infinity/NaN/1e400 and pydantic read true as 1.
+    res = runner.invoke(
+        app, ["train", "--demo", "--config", config, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "-q"]
+    )
+    assert res.exit_code == 2
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
+    assert not (tmp_path / "m.db").exists()  # refused before anything was trained or stored

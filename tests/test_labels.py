@@ -110,3 +110,39 @@ def test_assign_splits_deterministic_and_respects_given_test() -> None:
     assert (s.iloc[:100] == "test").all()
     assert set(s.iloc[100:]) == {"train", "calibration"}
     assert 0.18 < (s.iloc[100:] == "calibration").mean() < 0.32
+
+
+# ---- per-tier observations (issue 11: feedback collected under a router) -----------------------------------------
+def _partly_observed() -> pd.DataFrame:
+    tiers = (("m-a", 1.0), ("m-b", 2.0), ("m-c", 3.0))
+    rows = [(f"full{i}", f"f{i}", m, 1.0, c, None) for i in range(2) for m, c in tiers]
+    rows += [(f"b{i}", f"b{i}", "m-b", 1.0, 2.0, None) for i in range(2)]  # routed to b only
+    rows += [("c0", "c0", "m-c", 0.0, 3.0, None)]  # routed to c only
+    rows += [("ab", "ab", "m-a", 0.0, 1.0, None), ("ab", "ab", "m-b", 1.0, 2.0, None)]
+    return _attempts(rows)
+
+
+def test_summary_counts_prompts_observed_per_tier() -> None:
+    s = label_prompts(_partly_observed(), _catalog()).summary()
+    assert s["n_prompts"] == 6
+    assert s["tier_observed_prompts"] == {"a": 3, "b": 5, "c": 3}
+    assert s["single_tier_prompts"] == {"a": 0, "b": 2, "c": 1}
+    assert s["single_tier_share"] == pytest.approx(3 / 6)
+    import json
+
+    assert json.loads(json.dumps(s)) == s  # logged to MLflow as labelled_summary.json
+
+
+def test_single_tier_warning_when_most_prompts_saw_one_tier() -> None:
+    from training.labels import single_tier_warning
+
+    lab = label_prompts(_partly_observed(), _catalog())
+    assert single_tier_warning(lab) is None  # exactly half: not most
+    more = pd.concat([_partly_observed(), _attempts([("b9", "b9", "m-b", 0.0, 2.0, None)])], ignore_index=True)
+    msg = single_tier_warning(label_prompts(more, _catalog()))
+    assert msg is not None
+    assert msg.startswith("4 of 7 prompts (57%) were observed on one tier only (a: 0, b: 3, c: 1;")
+    assert "prompts observed per tier: a: 3, b: 6, c: 3" in msg
+    assert "biased toward that router's choices" in msg
+    full = _attempts([(f"p{i}", f"p{i}", m, 1.0, 1.0, None) for i in range(5) for m in ("m-a", "m-b", "m-c")])
+    assert single_tier_warning(label_prompts(full, _catalog())) is None

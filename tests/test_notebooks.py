@@ -125,7 +125,7 @@ def test_routing_quality_runs(kernel_env: None, workdir: Path) -> None:
     assert _count(outs, "image/png") >= 4  # cost-quality, tier mix, confusion, reliability
     assert "SYNTHETIC demo log" in _text(outs)
     assert f"{MODEL}/1" in _text(outs)
-    assert _count(_outputs(nb, "evaluate_router("), "text/markdown", "AIQ") == 1
+    assert _count(_outputs(nb, "evaluate_model("), "text/markdown", "AIQ") == 1
     assert _count(_outputs(nb, "per_task_breakdown("), "text/html", "under_routing") == 1
     worst = _outputs(nb, "worst_under_routed(")
     assert _count(worst, "text/html", "quality_lost") == 1
@@ -133,7 +133,7 @@ def test_routing_quality_runs(kernel_env: None, workdir: Path) -> None:
     assert _count(_outputs(nb, "plot_reliability("), "text/html", "ECE") == 1
     # the signal decomposition: the router against base rates and the task prior alone
     assert _count(_outputs(nb, "plot_reliability("), "text/html", "group_prior") == 1
-    assert _count(_outputs(nb, "evaluate_router("), "text/markdown", "removes") == 1
+    assert _count(_outputs(nb, "evaluate_model("), "text/markdown", "removes") == 1
 
 
 def test_savings_report_runs_on_labelled_demo(kernel_env: None, workdir: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from training.operating_point import choose_threshold
-from training.registry import promotion_decision
 
 
 def test_threshold_meets_quality_target_at_least_cost() -> None:
@@ -32,11 +31,3 @@ def test_unreachable_target_falls_back_to_best_quality() -> None:
     thr, note = choose_threshold(proba, score, cost, 1.5)
     assert "no threshold reached" in note
     assert thr <= 0.9
-
-
-def test_promotion_rule() -> None:
-    assert promotion_decision(0.8, None) == (True, "no current champion")
-    ok, why = promotion_decision(0.80, 0.80)
-    assert ok and ">=" in why
-    ok, why = promotion_decision(0.79, 0.80)
-    assert not ok and "<" in why

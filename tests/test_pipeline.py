@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from router.catalog import Catalog
 from router.core import Router
 from training import registry
 from training.demo import demo_catalog, demo_log
@@ -102,14 +103,15 @@ def test_router_routes_with_a_task_the_caller_names(trained, store: str) -> None
 def test_evaluation_passes_the_logged_task_unless_told_not_to() -> None:
     import dataclasses
 
-    from training.pipeline import evaluate, fit_router, test_tasks
+    from training.evaluation import tasks_for
+    from training.pipeline import evaluate, fit_router
 
     prepared = prepare_data(demo_log(), demo_catalog())
     prompts = prepared.labelled.prompts
-    tasks = test_tasks(prompts, TrainConfig())
+    tasks = tasks_for(prompts, TrainConfig().eval_known_task)
     assert tasks == prompts["task"].astype(str).tolist()
-    assert test_tasks(prompts, TrainConfig(eval_known_task=False)) is None
-    assert test_tasks(prompts.drop(columns="task"), TrainConfig()) is None
+    assert tasks_for(prompts, TrainConfig(eval_known_task=False).eval_known_task) is None
+    assert tasks_for(prompts.drop(columns="task"), True) is None
     fitted = fit_router(prepared, TrainConfig(), progress=False)
     named = evaluate(prepared, fitted).metrics()
     predicted = evaluate(prepared, dataclasses.replace(fitted, config=TrainConfig(eval_known_task=False))).metrics()
@@ -196,7 +198,7 @@ def test_worse_challenger_does_not_become_champion(trained, store: str) -> None:
     result = train(demo_log(), catalog=demo_catalog(), register=NAME, tracking_uri=store, config=weak, progress=False)
     assert result.model_version == "2"
     assert not result.promoted, result.promotion_reason
-    assert "<" in result.promotion_reason
+    assert "below the champion's" in result.promotion_reason
     assert registry.alias_version(NAME, "champion", store) == "1"
     assert registry.alias_version(NAME, "challenger", store) == "2"
 
@@ -303,3 +305,217 @@ def test_bundle_without_cost_model_uses_mean_costs(trained, store: str) -> None:
     for knob in (0.5, 0.9, 0.99):
         expected = decide(proba, knob, rule="utility", tier_costs=r.tier_costs).tier
         assert r.decide(proba, threshold=knob, prompt_chars=10_000).tier_index == expected
+
+
+# ---- several logs, sidecar catalogs, feedback bias (issue 11) ----------------------------------------------------
+def _feedback_export(
+    attempts: pd.DataFrame, routed: dict[str, str], router_version: str = "tierwise/1"
+) -> pd.DataFrame:
+    """Rows as ``tierwise decisions export`` writes them (router.decision_log.EXPORT_COLUMNS): one feedback row per
+    prompt, on the tier the router chose (``routed``: prompt text -> tier name), outcomes taken from ``attempts``."""
+    import hashlib
+
+    from router.decision_log import EXPORT_COLUMNS
+
+    cat = demo_catalog()
+    rows = []
+    for i, (text, tier) in enumerate(routed.items()):
+        hit = attempts[(attempts["prompt"] == text) & (attempts["model"] == cat.tier(tier).model)].iloc[0]
+        rows.append({
+            "prompt_id": hashlib.sha256(text.encode()).hexdigest()[:16], "prompt": text, "model": hit["model"],
+            "score": hit["score"], "cost_usd": hit["cost_usd"], "input_tokens": hit["input_tokens"],
+            "output_tokens": hit["output_tokens"], "latency_ms": hit["latency_ms"], "task": hit["task"],
+            "role": hit["role"], "timestamp": f"2026-11-{1 + i % 27:02d}T10:00:00+00:00", "request_id": f"req-{i:05d}",
+            "tier": tier, "routed_tier": tier, "tenant": None, "router_version": router_version,
+        })
+    return pd.DataFrame(rows, columns=list(EXPORT_COLUMNS))
+
+
+def _routed_with(name: str = "routed-with") -> Catalog:
+    return demo_catalog().model_copy(update={"name": name})
+
+
+def test_several_logs_are_merged_by_prompt_text_with_the_sidecar_catalog(tmp_path: Path) -> None:
+    from router.catalog import catalog_sidecar_path
+    from training.demo import write_demo_log
+
+    base_path = write_demo_log(tmp_path / "base.csv", n_prompts=200, seed=1)
+    base = demo_log(n_prompts=200, seed=1)
+    known = base.drop_duplicates("prompt")["prompt"].tolist()[:30]
+    other = demo_log(n_prompts=330, seed=7)
+    new = [t for t in other.drop_duplicates("prompt")["prompt"] if t not in set(base["prompt"])][:300]
+    routed = {**{t: "medium" for t in known}, **{t: ("small" if i % 3 else "large") for i, t in enumerate(new)}}
+    feedback = pd.concat([base, other]).pipe(_feedback_export, routed)
+    fb_path = tmp_path / "feedback.csv"
+    feedback.to_csv(fb_path, index=False)
+    _routed_with().save(catalog_sidecar_path(fb_path))
+
+    prepared = prepare_data([base_path, fb_path])
+    assert prepared.catalog.name == "routed-with"  # no catalog given: the one saved beside the feedback
+    p = prepared.labelled.prompts
+    assert len(p) == base["prompt_id"].nunique() + len(new)
+    # a prompt the router saw again is the base log's prompt, with the feedback attempt pooled in
+    first = base[base["prompt"] == known[0]]["prompt_id"].iloc[0]
+    assert p.loc[first, "n_attempts"] == (base["prompt_id"] == first).sum() + 1
+    assert not any(pid in p.index for pid in feedback["prompt_id"][feedback["prompt"].isin(known)])
+    s = prepared.labelled.summary()
+    n_large = sum(1 for i in range(len(new)) if i % 3 == 0)
+    assert s["tier_observed_prompts"] == {"nano": 200, "small": 200 + len(new) - n_large, "medium": 200,
+                                          "large": 200 + n_large}
+    assert s["single_tier_prompts"] == {"nano": 0, "small": len(new) - n_large, "medium": 0, "large": n_large}
+    bias = [w for w in prepared.warnings if "observed on one tier only" in w]
+    assert len(bias) == 1 and bias[0].startswith(f"{len(new)} of {len(p)} prompts (60%)")
+    assert "biased toward that router's choices" in bias[0]
+    # the base log alone: every prompt on every tier, no such warning
+    assert not any("one tier only" in w for w in prepare_data(base_path).warnings)
+
+
+def test_several_logs_keep_ids_apart_and_honour_explicit_splits(tmp_path: Path) -> None:
+    base = demo_log(n_prompts=120, seed=2)
+    ids = base["prompt_id"].unique()
+    base["split"] = np.where(base["prompt_id"].isin(ids[:30]), "test", "train")
+    base.to_parquet(tmp_path / "one.parquet", index=False)
+    test_text = base.loc[base["prompt_id"] == ids[0], "prompt"].iloc[0]
+    other = demo_log(n_prompts=60, seed=8)
+    other = other[~other["prompt"].isin(set(base["prompt"]))]
+    same_id = other["prompt_id"].iloc[0]
+    assert same_id in set(ids)  # demo ids are counters: the second log reuses the first one's ids for other texts
+    again = base[base["prompt_id"] == ids[0]].drop(columns="split").assign(prompt_id="fb-1")
+    two = pd.concat([other, again], ignore_index=True)
+    two.to_csv(tmp_path / "two.csv", index=False)
+
+    prepared = prepare_data([tmp_path / "one.parquet", tmp_path / "two.csv"], demo_catalog())
+    p = prepared.labelled.prompts
+    assert len(p) == len(ids) + other["prompt_id"].nunique()
+    assert f"{same_id}@2" in p.index and p.loc[f"{same_id}@2", "prompt"] != p.loc[same_id, "prompt"]
+    renamed = [w for w in prepared.warnings if "renamed" in w]
+    assert len(renamed) == 1 and renamed[0].startswith(f"{tmp_path / 'two.csv'}: {other['prompt_id'].nunique()} ")
+    assert f"{same_id!r} -> '{same_id}@2'" in renamed[0]
+    # the logged test split is kept, also for the prompt the second log repeats without a split
+    assert (p.loc[list(ids[:30]), "split"] == "test").all()
+    assert p.loc[ids[0], "prompt"] == test_text and "fb-1" not in p.index
+    assert set(p.loc[[i for i in p.index if i not in set(ids[:30])], "split"]) == {"train", "calibration"}
+
+    clash = again.assign(split="train")
+    pd.concat([other.assign(split="train"), clash], ignore_index=True).to_csv(tmp_path / "three.csv", index=False)
+    with pytest.raises(TrainingDataError) as info:
+        prepare_data([tmp_path / "one.parquet", tmp_path / "three.csv"], demo_catalog())
+    msg = str(info.value)
+    assert "1 prompt(s) are in different splits in different logs" in msg
+    assert f"{tmp_path / 'one.parquet'}: test" in msg and f"{tmp_path / 'three.csv'}: train" in msg
+
+
+def test_sidecar_catalogs_that_disagree(tmp_path: Path) -> None:
+    from router.catalog import catalog_sidecar_path
+    from training.demo import write_demo_log
+
+    a = write_demo_log(tmp_path / "a.csv", n_prompts=80, seed=3)
+    b = write_demo_log(tmp_path / "b.jsonl", n_prompts=80, seed=4)
+    _routed_with("a").save(catalog_sidecar_path(a))
+    _routed_with("b").save(catalog_sidecar_path(b))
+    assert prepare_data([a, b]).catalog.name == "a"  # same tiers and prices: only the name differs
+    dearer = _routed_with("b")
+    dearer.tiers[3] = dearer.tiers[3].model_copy(update={"output_usd_per_1m": 80.0})
+    dearer.save(catalog_sidecar_path(b))
+    with pytest.raises(TrainingDataError) as info:
+        prepare_data([a, b])
+    msg = str(info.value)
+    assert str(tmp_path / "a.catalog.yaml") in msg and str(tmp_path / "b.catalog.yaml") in msg and "--catalog" in msg
+    # a catalog given explicitly wins; a sidecar with other tiers is a warning naming it
+    three = demo_catalog().model_copy(update={"tiers": demo_catalog().tiers[1:], "planning": demo_catalog().planning})
+    three.save(catalog_sidecar_path(b))
+    prepared = prepare_data([a, b], demo_catalog())
+    assert prepared.catalog == demo_catalog()
+    warned = [w for w in prepared.warnings if w.startswith(str(tmp_path / "b.catalog.yaml"))]
+    assert len(warned) == 1 and "routed with tiers small=demo-small" in warned[0]
+    assert "training uses catalog 'demo' with tiers nano=demo-nano" in warned[0]
+    bad = tmp_path / "c.csv"
+    bad.write_text(a.read_text())
+    text = demo_catalog().to_yaml()
+    assert "output_usd_per_1m: 75.0" in text
+    catalog_sidecar_path(bad).write_text(text.replace("output_usd_per_1m: 75.0", "output_usd_per_1m: .inf"))
+    with pytest.raises(ValueError, match=r"c\.catalog\.yaml: invalid catalog: tiers\.3\.output_usd_per_1m \(tier 'large'\)"):
+        prepare_data(bad)
+
+
+def test_non_finite_numbers_never_reach_training(tmp_path: Path) -> None:
+    from training.readers import LogValidationError
+
+    log = demo_log(n_prompts=120, seed=5)
+    log.loc[7, "cost_usd"] = np.inf  # one row like this made a router with threshold 0.0001 and gap closed -196%
+    with pytest.raises(LogValidationError, match=r"<DataFrame>: column 'cost_usd': 1 row infinite .*\(row 7: inf\)"):
+        prepare_data(log, demo_catalog())
+    with pytest.raises(LogValidationError, match=r"<DataFrame #2>: column 'cost_usd': 1 row infinite"):
+        prepare_data([demo_log(n_prompts=50, seed=6), log], demo_catalog())
+    path = tmp_path / "log.csv"
+    log.to_csv(path, index=False)
+    assert ",inf," in path.read_text()
+    with pytest.raises(LogValidationError, match=rf"{path}: column 'cost_usd': 1 row infinite .*\(row 8: inf\)"):
+        prepare_data(path, demo_catalog())
+
+
+def test_retrain_from_feedback_export_through_the_cli(tmp_path: Path) -> None:
+    """The loop with real parts: train, route with the champion, record decisions (prompts stored) and feedback in a
+    real decision log with the catalog the service records, ``tierwise decisions export``, then
+    ``tierwise train --data base.csv --data feedback.csv`` with no --catalog and no hand edits."""
+    from typer.testing import CliRunner
+
+    from router.decision_log import DecisionLog
+    from training.cli import app
+    from training.demo import write_demo_catalog, write_demo_log
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--tracking-uri", store, "--register", "loop", "--config", '{"n_estimators": 30}', "-q"]
+    base_path = write_demo_log(tmp_path / "base.csv", n_prompts=400, seed=3)
+    first = CliRunner().invoke(
+        app, ["train", "--data", str(base_path), "--catalog", str(write_demo_catalog(tmp_path / "c.yaml")), *common]
+    )
+    assert first.exit_code == 0, first.stderr
+
+    # the service routes prompts it saw before and new ones with the champion; feedback arrives for the tier used
+    router = Router.load("models:/loop@champion", tracking_uri=store)
+    base = demo_log(n_prompts=400, seed=3)
+    other = demo_log(n_prompts=200, seed=11)
+    new = [t for t in other.drop_duplicates("prompt")["prompt"] if t not in set(base["prompt"])][:150]
+    known = base.drop_duplicates("prompt")["prompt"].tolist()[:50]
+    routed = {t: router.route(t).tier for t in known + new}
+    attempts = pd.concat([base, other])
+    db = tmp_path / "decisions.db"
+    dlog = DecisionLog(db, store_prompts=True).start()
+    dlog.record_catalog("loop/1", _routed_with().to_yaml())
+    for i, (text, tier) in enumerate(routed.items()):
+        t = demo_catalog().tier(tier)
+        hit = attempts[(attempts["prompt"] == text) & (attempts["model"] == t.model)].iloc[0]
+        dlog.record_decision(
+            request_id=f"req-{i}", endpoint="/v1/route", text=text, role=str(hit["role"]), tier=tier,
+            tier_index=demo_catalog().index(tier), model=t.model, threshold=0.8, reason="best_expected_utility",
+            probabilities={n: 0.5 for n in demo_catalog().tier_names}, router_version="loop/1", est_cost_usd=None,
+            est_top_cost_usd=None, latency_ms=2.0, metadata={"task": str(hit["task"])},
+        )
+        dlog.record_feedback(
+            request_id=f"req-{i}", tier=tier, model=t.model, score=float(hit["score"]), acceptable=None,
+            input_tokens=int(hit["input_tokens"]), output_tokens=int(hit["output_tokens"]),
+            cost_usd=float(hit["cost_usd"]), latency_ms=float(hit["latency_ms"]),
+        )
+    assert dlog.flush()
+    dlog.close()
+    fb_path = tmp_path / "feedback.csv"
+    exported = CliRunner().invoke(app, ["decisions", "export", "--db", str(db), "--out", str(fb_path)])
+    assert exported.exit_code == 0, exported.stderr
+    assert (tmp_path / "feedback.catalog.yaml").is_file()
+
+    second = CliRunner().invoke(app, ["train", "--data", str(base_path), "--data", str(fb_path), *common])
+    assert second.exit_code == 0, second.stderr
+    run_id = next(line.split()[1] for line in second.stdout.splitlines() if line.startswith("run: "))
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(run_id)
+    assert run.data.params["catalog"] == "routed-with"  # from feedback.catalog.yaml, written by the export
+    summary = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/labelled_summary.json"))
+    n_base = base["prompt_id"].nunique()
+    assert summary["n_prompts"] == n_base + len(new)  # known prompts merged into the base log's prompts
+    observed = summary["tier_observed_prompts"]
+    counts = pd.Series(routed).loc[new].value_counts()
+    assert observed == {t: n_base + int(counts.get(t, 0)) for t in demo_catalog().tier_names}
+    assert summary["single_tier_prompts"] == {t: int(counts.get(t, 0)) for t in demo_catalog().tier_names}
+    # the new version was registered from both logs
+    assert registry.alias_version("loop", "challenger", store) == "2"

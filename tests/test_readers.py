@@ -496,3 +496,108 @@ def test_validate_log_reports_index_labels() -> None:
     src.loc[12, "score"] = 2.0
     with pytest.raises(LogValidationError, match=r"<dataframe>: column 'score': 1 row .* \(row 12: 2\.0\)"):
         validate_log(src)
+
+
+# ---- non-finite and absurd numbers (issue 11) ---------------------------------------------------------------------
+NUMERIC = ["score", "cost_usd", "input_tokens", "output_tokens", "latency_ms"]
+
+
+def _with_numbers() -> list[dict[str, object]]:
+    return [dict(r, latency_ms=100.0 + i) for i, r in enumerate(_long_rows())]
+
+
+def _write_raw_infinity(path: Path, rows: list[dict[str, object]], column: str, literal: str, at: list[int]) -> None:
+    """Write ``rows`` with the raw text ``literal`` (e.g. ``Infinity``, ``1e400``) as ``column`` in rows ``at``."""
+    marker = 123456.789
+    rows = [dict(r, **{column: marker}) if i in at else dict(r) for i, r in enumerate(rows)]
+    name = path.name
+    if name.endswith(".csv"):
+        text = pd.DataFrame(rows).to_csv(index=False)
+    elif name.endswith(".jsonl"):
+        text = "\n".join(json.dumps(r) for r in rows) + "\n"
+    else:  # .json array
+        text = json.dumps(rows, indent=1)
+    assert text.count(str(marker)) == len(at)
+    path.write_text(text.replace(str(marker), literal))
+
+
+@pytest.mark.parametrize("column", NUMERIC)
+@pytest.mark.parametrize(
+    ("name", "literal"),
+    [("l.csv", "inf"), ("l.csv", "Infinity"), ("l.csv", "1e400"), ("l.jsonl", "Infinity"), ("l.jsonl", "1e400"),
+     ("l.json", "Infinity"), ("l.json", "-Infinity"), ("l.csv", "-1e400"), ("l.jsonl", "1" + "0" * 400),
+     ("l.csv", "1" + "0" * 400)],
+)
+def test_infinite_numbers_are_refused_naming_file_column_and_rows(
+    tmp_path: Path, name: str, literal: str, column: str
+) -> None:
+    path = tmp_path / name
+    _write_raw_infinity(path, _with_numbers(), column, literal, at=[1, 3])
+    with pytest.raises(LogValidationError) as info:
+        read_log(path)
+    msg = str(info.value)
+    assert f"{path}: column '{column}': 2 rows " in msg
+    assert "(rows 2, 4: " in msg
+    assert "inf" in msg.lower()
+
+
+@pytest.mark.parametrize("column", NUMERIC)
+def test_infinite_numbers_in_parquet_and_dataframes(tmp_path: Path, column: str) -> None:
+    df = pd.DataFrame(_with_numbers())
+    df[column] = df[column].astype(float)
+    df.loc[2, column] = np.inf
+    msg = _error(tmp_path / "l.parquet", df)
+    assert f"l.parquet: column '{column}': 1 row " in msg and "(row 3: inf)" in msg
+    with pytest.raises(LogValidationError, match=rf"<dataframe>: column '{column}': 1 row .*\(row 2: inf\)"):
+        validate_log(df)
+
+
+def test_infinite_cost_in_a_wide_log_names_the_source_column(tmp_path: Path) -> None:
+    wide = _wide()
+    wide.loc[1, "cost_usd__m2"] = np.inf
+    wide["in_tok__m2"] = wide["in_tok__m2"].astype(float)
+    wide.loc[2, "in_tok__m2"] = -np.inf
+    msg = _error(tmp_path / "wide.parquet", wide, WIDE_OPTS)
+    assert "wide.parquet: column 'cost_usd__m2' (cost_usd of model 'm2'): 1 row infinite" in msg
+    assert "(row 2: inf)" in msg
+    assert "column 'in_tok__m2' (input_tokens of model 'm2'): 1 row infinite" in msg and "(row 3: -inf)" in msg
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("input_tokens", 2e9), ("output_tokens", 1_000_000_001), ("cost_usd", 5e6), ("latency_ms", 1e12)],
+)
+def test_absurd_numbers_are_refused(tmp_path: Path, column: str, value: float) -> None:
+    from training.readers import ATTEMPT_LIMITS
+
+    rows = _with_numbers()
+    rows[0][column] = value
+    msg = _error(tmp_path / "l.jsonl", rows)
+    assert f"l.jsonl: column '{column}': 1 row above {ATTEMPT_LIMITS[column]:g}" in msg and "(row 1: " in msg
+    rows[0][column] = ATTEMPT_LIMITS[column]  # the limit itself is allowed
+    assert read_log(_write(tmp_path / "ok.jsonl", rows))[column].iloc[0] == ATTEMPT_LIMITS[column]
+
+
+@pytest.mark.parametrize("column", ["cost_usd", "input_tokens", "output_tokens", "latency_ms"])
+def test_booleans_are_not_numbers(tmp_path: Path, column: str) -> None:
+    rows = _with_numbers()
+    rows[1][column] = True
+    msg = _error(tmp_path / "l.jsonl", rows)
+    assert f"l.jsonl: column '{column}': 1 row true/false (must be a number) (row 2: True)" in msg
+    assert "negative or not a number" not in msg  # a bool is neither: it gets its own message
+
+
+@pytest.mark.parametrize("name", ["l.csv", "l.jsonl", "l.parquet"])
+def test_nan_still_means_missing(tmp_path: Path, name: str) -> None:
+    rows = _with_numbers()
+    for col in ("cost_usd", "input_tokens", "output_tokens", "latency_ms"):
+        rows[2][col] = np.nan
+    df = read_log(_write(tmp_path / name, rows))
+    for col in ("cost_usd", "input_tokens", "output_tokens", "latency_ms"):
+        assert np.isnan(df[col].iloc[2]) and np.isfinite(df[col].drop(index=2)).all()
+    raw = tmp_path / "raw.jsonl"  # JSON's NaN token, as Python's json module writes it
+    raw.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert "NaN" in raw.read_text()
+    assert np.isnan(read_log(raw)["cost_usd"].iloc[2])
+    rows[2]["score"] = np.nan  # a missing score is still an error: it is the label
+    assert "column 'score': 1 row outside [0,1] or NaN (row 3: nan)" in _error(tmp_path / name, rows)

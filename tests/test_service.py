@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from pathlib import Path
 
 import httpx
 import mlflow
 import pytest
+import yaml
 from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
+from router.catalog import Catalog
 from router.decision_log import connect, export_log
 from service_server import ServerProcess, closed_port_uri
 from training.cli import app as cli_app
@@ -408,6 +411,252 @@ def test_feedback_written_and_read_back_by_training_reader(client: httpx.Client,
     )
     assert res.exit_code == 0, res.output
     assert "exported" in res.output and len(read_log(work / "cli.jsonl")) >= 4
+    # ... with the catalog the rows were routed with beside it, so `tierwise train` needs no hand edits
+    sidecar = Catalog.from_yaml(work / "cli.catalog.yaml")
+    assert sidecar == cat and set(read_log(work / "cli.jsonl")["model"]) <= set(sidecar.models)
+    assert f"catalog of {NAME}/1 written to" in res.output
+
+
+# --------------------------------------------------------------------------------------------------------------
+# feedback and logs are never silently lost or poisoned (issue 11)
+# --------------------------------------------------------------------------------------------------------------
+def post_raw(client: httpx.Client, path: str, text: str) -> httpx.Response:
+    """POST JSON text as written (httpx's json= refuses Infinity / NaN, which Python's json.loads accepts)."""
+    return client.post(path, content=text.encode(), headers=JSON)
+
+
+def _feedback_ids(db: Path) -> set[str]:
+    conn = sqlite3.connect(db)  # read-write: replays the WAL of a killed server
+    try:
+        return {r[0] for r in conn.execute("SELECT request_id FROM feedback")}
+    finally:
+        conn.close()
+
+
+def test_feedback_that_overflowed_the_log_is_refused_and_the_log_keeps_writing(
+    client: httpx.Client, work: Path
+) -> None:
+    """An unauthenticated feedback with input_tokens 10**20 used to kill the decision-log writer (SQLite's
+    OverflowError is no sqlite3.Error): later decisions and feedback answered 200 and were never written, /readyz
+    stayed green and the dropped-rows metric 0."""
+    dropped = metric(client, "tierwise_decision_log_dropped_total")
+    d = route(client, prompt="What is two plus two?").json()
+    r = post_raw(
+        client,
+        "/v1/feedback",
+        f'{{"request_id": "{d["request_id"]}", "tier": "{d["tier"]}", "acceptable": true, '
+        '"input_tokens": 100000000000000000000}',
+    )
+    assert r.status_code == 422 and r.json()["error"]["field"] == "input_tokens", r.text
+    later = route(client, prompt="Name a colour.", metadata={"task": "colours"}).json()
+    r = client.post(
+        "/v1/feedback",
+        json={"request_id": later["request_id"], "tier": later["tier"], "acceptable": True, "input_tokens": 10**9},
+    )
+    assert r.status_code == 200 and r.json()["recorded"] is True, r.text
+    # durable feedback (the default): the row is committed once the answer is 200, and so is its decision
+    assert later["request_id"] in _feedback_ids(work / "decisions.db")
+    conn = connect(work / "decisions.db", readonly=True)
+    task = conn.execute("SELECT task FROM decisions WHERE request_id = ?", (later["request_id"],)).fetchone()
+    conn.close()
+    assert task == ("colours",)
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["decision_log"] is None
+    assert metric(client, "tierwise_decision_log_dropped_total") == dropped
+    # every kind of write problem is exported from the start (at 0 here), so an alert on it sees a series
+    errors = {
+        s.labels["kind"]: s.value
+        for fam in text_string_to_metric_families(client.get("/metrics").text)
+        for s in fam.samples
+        if s.name == "tierwise_decision_log_errors_total"
+    }
+    assert errors == {"row": 0, "batch": 0, "writer": 0, "catalog": 0}, errors
+
+
+RID = "0123456789abcdef"
+BAD_NUMBERS = [
+    # (case, path, raw JSON body, field, message fragment)
+    ("threshold true", "/v1/route", '{"prompt": "x", "threshold": true}', "threshold", "not true/false"),
+    ("threshold string", "/v1/route", '{"prompt": "x", "threshold": "0.5"}', "threshold", "number"),
+    ("threshold Infinity", "/v1/route", '{"prompt": "x", "threshold": Infinity}', "threshold", "finite"),
+    ("threshold NaN", "/v1/route", '{"prompt": "x", "threshold": NaN}', "threshold", "finite"),
+    ("target 1e400", "/v1/route", '{"prompt": "x", "quality_target": 1e400}', "quality_target", "finite"),
+    ("target false", "/v1/route", '{"prompt": "x", "quality_target": false}', "quality_target", "true/false"),
+    ("metadata NaN", "/v1/route", '{"prompt": "x", "metadata": {"budget": NaN}}', "metadata", "non-finite"),
+    ("batch item true", "/v1/route/batch", '{"requests": [{"prompt": "x", "threshold": true}]}',
+     "requests.0.threshold", "true/false"),
+    ("plan threshold -Infinity", "/v1/route/plan", '{"goal": "g", "threshold": -Infinity}', "threshold", "finite"),
+    ("score true", "/v1/feedback", f'{{"request_id": "{RID}", "tier": "nano", "score": true}}', "score",
+     "true/false"),
+    ("score Infinity", "/v1/feedback", f'{{"request_id": "{RID}", "tier": "nano", "score": Infinity}}', "score",
+     "finite"),
+    ("cost Infinity", "/v1/feedback",
+     f'{{"request_id": "{RID}", "tier": "nano", "score": 1, "cost_usd": Infinity}}', "cost_usd", "finite"),
+    ("cost absurd", "/v1/feedback", f'{{"request_id": "{RID}", "tier": "nano", "score": 1, "cost_usd": 1e7}}',
+     "cost_usd", "less than or equal"),
+    ("latency 1e400", "/v1/feedback",
+     f'{{"request_id": "{RID}", "tier": "nano", "score": 1, "latency_ms": 1e400}}', "latency_ms", "finite"),
+    ("latency NaN", "/v1/feedback", f'{{"request_id": "{RID}", "tier": "nano", "score": 1, "latency_ms": NaN}}',
+     "latency_ms", "finite"),
+    ("tokens 1e20", "/v1/feedback", f'{{"request_id": "{RID}", "tier": "nano", "score": 1, "input_tokens": 1e20}}',
+     "input_tokens", "less than or equal"),
+    ("tokens above 10**9", "/v1/feedback",
+     f'{{"request_id": "{RID}", "tier": "nano", "score": 1, "output_tokens": 1000000001}}', "output_tokens",
+     "less than or equal"),
+    ("tokens true", "/v1/feedback", f'{{"request_id": "{RID}", "tier": "nano", "score": 1, "input_tokens": true}}',
+     "input_tokens", "true/false"),
+    ("tokens fractional", "/v1/feedback",
+     f'{{"request_id": "{RID}", "tier": "nano", "score": 1, "output_tokens": 2.5}}', "output_tokens", "integer"),
+    ("feedback metadata Infinity", "/v1/feedback",
+     f'{{"request_id": "{RID}", "tier": "nano", "score": 1, "metadata": {{"a": [1, Infinity]}}}}', "metadata",
+     "metadata.a.1"),
+]
+
+
+@pytest.mark.parametrize(("case", "path", "body", "field", "message"), BAD_NUMBERS, ids=[b[0] for b in BAD_NUMBERS])
+def test_non_numbers_and_non_finite_numbers_are_refused(
+    client: httpx.Client, case: str, path: str, body: str, field: str, message: str
+) -> None:
+    r = post_raw(client, path, body)
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["field"] == field and message in err["message"], err
+
+
+def test_whole_number_token_counts_are_still_accepted(client: httpx.Client) -> None:
+    d = route(client, prompt="Spell 'necessary'.").json()
+    r = post_raw(
+        client,
+        "/v1/feedback",
+        f'{{"request_id": "{d["request_id"]}", "tier": "{d["tier"]}", "score": 1, "input_tokens": 812.0, '
+        '"output_tokens": 0, "cost_usd": 0, "latency_ms": 12}',
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_a_feedback_retried_with_its_feedback_id_is_recorded_once(client: httpx.Client, work: Path) -> None:
+    """A durable 503 after a timeout may be followed by the row's late commit; a retry with the same feedback_id
+    then must not count the feedback twice."""
+    d = route(client, prompt="Translate 'cat' to French.").json()
+    body = {"request_id": d["request_id"], "tier": d["tier"], "score": 1, "feedback_id": f"fb-{d['request_id']}"}
+    for _ in range(2):
+        r = client.post("/v1/feedback", json=body)
+        assert r.status_code == 200 and r.json()["recorded"] is True, r.text
+    conn = connect(work / "decisions.db", readonly=True)
+    n = conn.execute("SELECT COUNT(*) FROM feedback WHERE request_id = ?", (d["request_id"],)).fetchone()[0]
+    conn.close()
+    assert n == 1
+    r = client.post("/v1/feedback", json={**body, "feedback_id": "no spaces allowed"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "feedback_id", r.text
+
+
+def test_durable_feedback_survives_kill_9(store: str, work: Path) -> None:
+    """Every feedback that was answered 200 is in the decision log after the server is SIGKILLed mid-stream.
+
+    End-to-end but probabilistic: without durable mode a run loses only the 1-3 rows acknowledged in the last ~20 ms,
+    and a kill can land between commits. The deterministic guard of the same promise (the future a durable 200
+    waits for resolves only after the commit) is test_decision_log.py::
+    test_durable_future_resolves_only_after_commit_and_a_closed_log_refuses; keep both."""
+    db = work / "decisions-kill.db"
+    env = {
+        "TIERWISE_HOME": str(work / "home-kill"),
+        "TIERWISE_TRACKING_URI": store,
+        "TIERWISE_MODEL_URI": f"models:/{NAME}/1",
+        "TIERWISE_DECISION_LOG": str(db),
+        "TIERWISE_MODEL_CACHE_DIR": str(work / "last-good-kill"),
+        "TIERWISE_STORE_PROMPTS": "true",
+    }
+    srv = ServerProcess(env, work / "server-kill.log")
+    try:
+        srv.wait_ready()
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            r = c.post("/v1/route/batch", json={"requests": [{"prompt": f"question {i}"} for i in range(900)]})
+            assert r.status_code == 200, r.text
+            decisions = [(x["request_id"], x["tier"]) for x in r.json()["results"]]
+
+        acked: list[str] = []
+        failed = 0
+
+        async def stream() -> None:
+            nonlocal failed
+            todo = iter(decisions)
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as ac:
+
+                async def worker() -> None:
+                    nonlocal failed
+                    for rid, tier in todo:
+                        try:
+                            r = await ac.post("/v1/feedback", json={"request_id": rid, "tier": tier, "score": 0.5})
+                        except httpx.HTTPError:
+                            failed += 1
+                            continue
+                        if r.status_code == 200:
+                            acked.append(rid)
+                        if len(acked) >= 300 and srv.proc.poll() is None:
+                            srv.kill()  # mid-stream: 32 requests are in flight
+
+                await asyncio.gather(*[worker() for _ in range(32)])
+
+        asyncio.run(stream())
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == -9
+    assert len(acked) >= 300 and failed > 0  # the kill hit while feedback was streaming in
+    missing = set(acked) - _feedback_ids(db)
+    assert not missing, f"{len(missing)} acknowledged feedback row(s) lost: {sorted(missing)[:5]}"
+
+
+def test_ready_fails_while_decision_log_writes_fail(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from router.decision_log import DecisionLog
+    from router.service import Service
+    from router.service_settings import ServiceSettings
+
+    db = tmp_path / "log.db"
+    service = Service(ServiceSettings(home=tmp_path, decision_log=db))
+    service.model = SimpleNamespace(
+        degraded=False, source="local", uri="x", label="x/1", name="x", version="1", encoder="e", loaded_at="t",
+        detail=None,
+    )
+    service.dlog = DecisionLog(db, probe_seconds=1.0).start()
+    first = service.dlog.record_feedback(request_id="r", tier="a", model="m", score=1.0, acceptable=True)
+    assert first.result(5) is None  # the writer holds its connection now
+    assert service.ready()[0] == 200
+    other = sqlite3.connect(db, isolation_level=None)  # drops a table under the writer's open connection
+    other.execute("DROP TABLE feedback")
+    other.close()
+    written = service.dlog.record_feedback(request_id="r", tier="a", model="m", score=1.0, acceptable=True)
+    with pytest.raises(Exception, match="no such table"):
+        written.result(10)
+    status, body = service.ready()
+    assert status == 503 and body["ready"] is False
+    assert "writes are failing" in body["decision_log"] and body["detail"] == body["decision_log"]
+    # nobody writes while /readyz fails (a balancer sends no traffic): the writer's probe reconnects (which
+    # recreates the schema) and readiness comes back on its own
+    deadline = time.monotonic() + 10
+    while service.ready()[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status, body = service.ready()
+    assert status == 200 and body["decision_log"] is None, body
+    again = service.dlog.record_feedback(request_id="r", tier="a", model="m", score=1.0, acceptable=True)
+    assert again.result(5) is None
+    service.dlog.close()
+    status, body = service.ready()
+    assert status == 503 and "not running" in body["decision_log"]
+
+
+def test_router_refuses_absurd_thresholds(store: str) -> None:
+    from router.core import Router
+
+    r = Router.load(f"models:/{NAME}/1", tracking_uri=store)
+    assert r.route("What is the capital of France?", threshold=0.5).threshold == 0.5
+    for bad in (float("inf"), float("nan"), True, 1.5, -0.1, "0.5"):
+        with pytest.raises(ValueError, match="threshold"):
+            r.route("What is the capital of France?", threshold=bad)
+    proba = r.predict_proba_array(["hello"])
+    with pytest.raises(ValueError, match="threshold"):
+        r.choose(proba, threshold=float("nan"))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -454,7 +703,18 @@ def _wait_for(client: httpx.Client, check, timeout: float = 30.0) -> dict:
         time.sleep(0.3)
 
 
-def test_poll_follows_the_alias_and_survives_a_broken_version(client: httpx.Client, store: str, tmp_path: Path) -> None:
+def _stored_catalogs(work: Path) -> dict[str, Catalog]:
+    conn = connect(work / "decisions.db", readonly=True)
+    try:
+        rows = conn.execute("SELECT router_version, catalog FROM catalogs").fetchall()
+        return {v: Catalog.from_dict(yaml.safe_load(c)) for v, c in rows}
+    finally:
+        conn.close()
+
+
+def test_poll_follows_the_alias_and_survives_a_broken_version(
+    client: httpx.Client, store: str, tmp_path: Path, work: Path
+) -> None:
     reg = _registry(store)
     v1 = reg.get_model_version(NAME, "1")
     v2 = reg.create_model_version(NAME, source=v1.source, run_id=v1.run_id).version
@@ -462,6 +722,7 @@ def test_poll_follows_the_alias_and_survives_a_broken_version(client: httpx.Clie
     ready = _wait_for(client, lambda r: r["version"] == str(v2))
     assert ready["version"] == str(v2) and not ready["degraded"]
     assert route(client, prompt="hello").json()["router_version"] == f"{NAME}/{v2}"
+    assert f"{NAME}/{v2}" in _stored_catalogs(work)  # the reloaded version's catalog is in the decision log
     # a version without a usable model: the poll's reload fails and the old model keeps serving
     empty = tmp_path / "not-a-model"
     empty.mkdir()
@@ -534,6 +795,11 @@ def test_start_from_last_good_copy_when_registry_is_down(server: ServerProcess, 
     assert rows and all(p is None and len(h) == 64 for p, h in rows)
     frame, summary = export_log(work / "decisions-b.db")
     assert len(frame) == 0 and summary.without_prompt == 1 and "TIERWISE_STORE_PROMPTS" in summary.describe()
+    # the CLI says plainly that nothing is trainable, and writes no empty file
+    out = work / "from-b.csv"
+    res = CliRunner().invoke(cli_app, ["decisions", "export", "--out", str(out), "--db", str(work / "decisions-b.db")])
+    assert res.exit_code != 0 and not out.exists()
+    assert "nothing to train on" in res.output and "TIERWISE_STORE_PROMPTS=true" in res.output
 
 
 def test_exits_with_a_clear_message_without_registry_or_copy(work: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -41,9 +42,32 @@ TrackingOpt = Annotated[
 
 
 def _fail(exc: BaseException) -> None:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):  # name every bad field, not pydantic's "1 validation error" header
+        msg = f"invalid {exc.title}: " + "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()
+        )
+    else:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(2)
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    """A JSON object from an option; NaN and Infinity (which Python's json accepts) are refused."""
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{option}: {token} is not a finite number")
+
+    def finite(token: str) -> float:
+        value = float(token)
+        return value if math.isfinite(value) else refuse(token)  # 1e400 parses as inf
+
+    value = json.loads(text, parse_constant=refuse, parse_float=finite)
+    if not isinstance(value, dict):
+        raise ValueError(f"{option} must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -82,7 +106,14 @@ def _log_options(
 
 @app.command()
 def train(
-    data: DataOpt = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--data",
+            help="Log file: .csv, .jsonl, .json or .parquet. Repeat to train on several logs (e.g. a base log and a "
+            "'decisions export'); --format, --columns, --where and the patterns apply to every one.",
+        ),
+    ] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Train on the embedded SYNTHETIC demo log.")] = False,
     fmt: FormatOpt = "long",
     columns: ColumnsOpt = None,
@@ -101,22 +132,45 @@ def train(
         str | None, typer.Option("--config", help="TrainConfig overrides as JSON, e.g. '{\"n_estimators\": 200}'.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Make the new version the champion even when the promotion gate says no.")
+    ] = False,
+    min_compare: Annotated[
+        int | None,
+        typer.Option(
+            "--min-compare-prompts", min=1, help="Fewest held-out prompts the gate compares models on (default 200)."
+        ),
+    ] = None,
+    margin: Annotated[
+        float | None,
+        typer.Option(
+            "--promotion-margin", min=0.0, max=1.0,
+            help="How far below 0 the AIQ difference's 95% lower bound may reach and still promote (default 0.005).",
+        ),
+    ] = None,
 ) -> None:
-    """Train a router on a log, register it in MLflow and (if it is at least as good) make it the champion."""
+    """Train a router on a log, register it in MLflow and (if the promotion gate finds it at least as good as the
+    champion on the same held-out prompts) make it the champion."""
     _env_defaults()
     _setup_logging(not quiet)
     try:
         from training.pipeline import TrainConfig
         from training.pipeline import train as run_train
+        from training.promotion import GateConfig
 
-        if demo == (data is not None):
+        if demo == bool(data):
             raise ValueError("give exactly one of --data PATH or --demo")
-        overrides: dict[str, Any] = json.loads(config_json) if config_json else {}
+        overrides: dict[str, Any] = _json_object(config_json, "--config") if config_json else {}
         if encoder:
             overrides["encoder"] = encoder
         if quality_target is not None:
             overrides["quality_target"] = quality_target
         config = TrainConfig(**overrides)
+        gate = GateConfig(
+            force=force,
+            **({} if min_compare is None else {"min_prompts": min_compare}),
+            **({} if margin is None else {"margin": margin}),
+        )
         if demo:
             from training.demo import demo_catalog, demo_log
 
@@ -124,7 +178,9 @@ def train(
             cat: Any = catalog or demo_catalog()
             typer.echo("training on the embedded SYNTHETIC demo log (see training/demo.py)", err=True)
         else:
-            source, cat = data, catalog
+            assert data is not None
+            # one log stays a path (the run records it as given); several are merged by training.pipeline.read_sources
+            source, cat = (data[0] if len(data) == 1 else [str(d) for d in data]), catalog
         result = run_train(
             source,
             catalog=cat,
@@ -134,6 +190,7 @@ def train(
             promote=not no_promote,
             tracking_uri=tracking_uri,
             progress=not quiet,
+            gate=gate,
         )
     except typer.Exit:
         raise
@@ -144,7 +201,10 @@ def train(
     m = result.metrics
     typer.echo(f"run: {result.run_id}")
     typer.echo(f"registered: {result.model_uri} (alias challenger)")
-    typer.echo(f"champion: {'moved to v' + str(result.model_version) if result.promoted else 'unchanged'} ({result.promotion_reason})")
+    moved = "moved to v" + str(result.model_version) if result.promoted else "unchanged"
+    typer.echo(f"champion: {moved} ({result.promotion_reason})")
+    if result.gate is not None and math.isfinite(result.gate.delta):  # the gate compared two models
+        typer.echo(f"promotion gate: {result.gate.describe()}")
     typer.echo(f"tracking store: {result.tracking_uri}")
     keys = ("aiq", "aiq_zero", "aiq_oracle", "gap_closed", "cost_at_95pct", "default_quality", "default_cost_pct")
     shown = ", ".join(f"{k}={m[k]:.4g}" for k in keys if k in m)
@@ -207,7 +267,7 @@ def catalog_init(
         from training.catalog_draft import catalog_to_commented_yaml, draft_catalog
         from training.readers import read_log
 
-        from router.catalog import write_text_atomic
+        from router.atomic_io import write_text_atomic
 
         df = read_log(data, _log_options(fmt, columns, score_pattern, cost_pattern, where))
         cat = draft_catalog(df)
@@ -362,25 +422,35 @@ def decisions_export(
     db: Annotated[
         Path | None, typer.Option("--db", help="Decision log (default: TIERWISE_DECISION_LOG or HOME/decisions.db).")
     ] = None,
+    router_version: Annotated[
+        str | None, typer.Option("--router-version", help="Only decisions of this router version, e.g. tierwise/3.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only feedback recorded at or after this UTC time, e.g. 2026-11-01.")
+    ] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option("--catalog", help="Catalog YAML for router versions logged before the service stored catalogs."),
+    ] = None,
 ) -> None:
-    """Export feedback joined with its decisions as a training log (the canonical long format).
+    """Export feedback joined with its decisions as a training log (the canonical long format), with the catalog
+    it was routed with beside it (OUT's stem + .catalog.yaml).
 
     Only decisions whose prompt text was stored (TIERWISE_STORE_PROMPTS=true) can be exported: training needs the
-    text. Train on the result with: tierwise train --data OUT
+    text. Exits non-zero, writing nothing, when no row can be trained on or the rows span different catalogs.
+    Train on the result with: tierwise train --data OUT
     """
     _env_defaults()
     try:
-        from router.decision_log import export_log
+        from router.decision_log import export_for_training
         from router.service_settings import ServiceSettings
 
         path = db or ServiceSettings().decision_log_path
-        frame, summary = export_log(path, out)
+        frame, summary = export_for_training(path, out, router_version=router_version, since=since, catalog=catalog)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
         return
     typer.echo(f"{summary.describe()} -> {out}")
-    if summary.exported_rows == 0:
-        typer.echo("nothing to train on yet: no feedback with stored prompt text", err=True)
 
 
 @app.command("demo-data")

@@ -50,7 +50,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from router.catalog import DEFAULT_CATALOG_PATH, Acceptability, Catalog, Planning, Tier, write_text_atomic
+from router.atomic_io import write_text_atomic
+from router.catalog import DEFAULT_CATALOG_PATH, Acceptability, Catalog, Planning, Tier
 
 __all__ = [
     "TASKS",

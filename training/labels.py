@@ -13,7 +13,9 @@ Policy (documented in the README):
   failed). The router itself is trained on the per-tier acceptability, so these prompts teach every tier's
   classifier a failure rather than being dropped.
 * Logs need not try every prompt on every tier: unobserved cells are NaN, each tier's classifier learns only from
-  the prompts it was tried on, and ``complete`` says whether the label could see every tier.
+  the prompts it was tried on, and ``complete`` says whether the label could see every tier. The summary counts
+  the prompts observed on each tier (and on that tier only); :func:`single_tier_warning` flags logs where most
+  prompts were seen on one tier only, as feedback collected under a router is.
 """
 
 from __future__ import annotations
@@ -67,9 +69,15 @@ class LabelledData:
         return ~np.isnan(self.score).any(axis=1) & ~np.isnan(self.cost).any(axis=1)
 
     def summary(self) -> dict[str, object]:
-        """Counts for logging: prompts per split, label distribution, no-acceptable share."""
+        """Counts for logging: prompts per split, label distribution, no-acceptable share, per-tier observations.
+
+        ``tier_observed_prompts``: prompts tried on each tier; ``single_tier_prompts``: prompts tried on that tier
+        and no other; ``single_tier_share``: share of prompts tried on exactly one tier.
+        """
         p = self.prompts
         label_counts = p.loc[~p["no_acceptable"], "label_tier"].value_counts()
+        observed = ~np.isnan(self.score)
+        single = observed.sum(axis=1) == 1
         return {
             "n_prompts": int(len(p)),
             "splits": {s: int((p["split"] == s).sum()) for s in SPLITS},
@@ -81,6 +89,9 @@ class LabelledData:
                 for i, t in enumerate(self.tier_names)
             },
             "tasks": sorted(str(t) for t in p["task"].dropna().unique()) if "task" in p else [],
+            "tier_observed_prompts": {t: int(observed[:, i].sum()) for i, t in enumerate(self.tier_names)},
+            "single_tier_prompts": {t: int((single & observed[:, i]).sum()) for i, t in enumerate(self.tier_names)},
+            "single_tier_share": float(single.mean()) if len(p) else 0.0,
         }
 
     def to_frame(self) -> pd.DataFrame:
@@ -144,6 +155,29 @@ def label_prompts(attempts: pd.DataFrame, catalog: Catalog) -> LabelledData:
     if repeated:
         notes.append(f"{repeated} (prompt, model) pairs had repeated attempts; their scores and costs were averaged")
     return LabelledData(prompts, catalog.tier_names, score, cost, acceptable, notes)
+
+
+def single_tier_warning(labelled: LabelledData) -> str | None:
+    """A warning when more than half the prompts were observed on one tier only (None otherwise).
+
+    That is what feedback collected under a router looks like: each prompt was answered by the tier the router
+    chose, so the log says little about whether a cheaper tier would have done or a dearer one was needed.
+    """
+    s = labelled.summary()
+    share, n = float(s["single_tier_share"]), len(labelled)  # type: ignore[arg-type]
+    if n == 0 or share <= 0.5:
+        return None
+    per_tier = s["single_tier_prompts"]
+    observed = s["tier_observed_prompts"]
+    counts = ", ".join(f"{t}: {per_tier[t]}" for t in labelled.tier_names)  # type: ignore[index]
+    seen = ", ".join(f"{t}: {observed[t]}" for t in labelled.tier_names)  # type: ignore[index]
+    return (
+        f"{round(share * n)} of {n} prompts ({share:.0%}) were observed on one tier only ({counts}; prompts observed "
+        f"per tier: {seen}). Feedback collected under a router is biased toward that router's choices: each tier "
+        "learns only from the prompts routed to it, so the new router cannot learn where a cheaper tier would have "
+        "done or a dearer one was needed, and the test metrics use only prompts tried on every tier. Mix in a log "
+        "where prompts were tried on every tier (or send a random share of traffic to every tier)."
+    )
 
 
 def cheapest_acceptable(score: np.ndarray, cost: np.ndarray, acceptable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

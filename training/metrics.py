@@ -38,6 +38,7 @@ __all__ = [
     "EvaluationReport",
     "aiq",
     "apgr",
+    "bootstrap_aiq",
     "brier",
     "cheapest_acceptable",
     "choose_tiers",
@@ -48,6 +49,7 @@ __all__ = [
     "ece",
     "evaluate_router",
     "gap_closed",
+    "knob_grid",
     "ndch",
     "operating_point",
     "oracle_choice",
@@ -58,6 +60,7 @@ __all__ = [
     "realised",
     "reliability_table",
     "single_tier_points",
+    "sweep_choices",
     "threshold_curve",
     "two_tier_curve",
     "utility_curve",
@@ -381,30 +384,117 @@ def utility_curve(
     row_costs: ArrayLike | None = None,
 ) -> pd.DataFrame:
     """Sweep the knob of the expected-utility rule (``router.decision``, ``rule="utility"``): same columns as
-    :func:`threshold_curve`. Default knobs: 201 uniform points on [0, 1] plus ``1 / (1 + lam)`` for 401
-    geometrically spaced ``lam`` in [1e-4, 1e4] (the utility rule's price of the top tier's cost).
-    ``row_costs`` ``[n, T]``: per-prompt relative tier costs (a cost model's prices); else ``tier_costs``."""
-    from router.decision import decide_batch
-
+    :func:`threshold_curve`. Default knobs: :func:`knob_grid`. ``row_costs`` ``[n, T]``: per-prompt relative tier
+    costs (a cost model's prices); else ``tier_costs``."""
     p, s, c = _curve_inputs(proba, score, cost)
     n, n_tiers = s.shape
-    rc = None if row_costs is None else np.asarray(row_costs, dtype=float)
-    if thresholds is None:
-        lams = np.geomspace(1e-4, 1e4, 401)
-        thr = np.unique(np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 / (1.0 + lams)]))
-    else:
-        thr = np.unique(np.asarray(thresholds, dtype=float))
+    thr, choices = sweep_choices(
+        p, "utility", tier_costs=tier_costs, row_costs=row_costs, thresholds=thresholds, min_tier=min_tier,
+        max_tier=max_tier,
+    )
     rows = np.arange(n)
-    records = []
-    for t in thr:
-        ch = decide_batch(
-            p, float(t), min_tier=min_tier or None, max_tier=max_tier, rule="utility", tier_costs=tier_costs,
-            row_costs=rc,
-        )
-        share = np.bincount(ch, minlength=n_tiers) / n
-        records.append([float(t), float(s[rows, ch].mean()), float(c[rows, ch].mean()), *share])
+    records = [
+        [float(t), float(s[rows, ch].mean()), float(c[rows, ch].mean()), *(np.bincount(ch, minlength=n_tiers) / n)]
+        for t, ch in zip(thr, choices, strict=True)
+    ]
     cols = ["threshold", "quality", "cost", *(f"share_t{k}" for k in range(n_tiers))]
     return pd.DataFrame(records, columns=cols)
+
+
+def knob_grid(proba: ArrayLike, rule: str) -> np.ndarray:
+    """The knob values a sweep of ``rule`` visits by default.
+
+    ``utility``: 201 uniform points on [0, 1] plus ``1 / (1 + lam)`` for 401 geometrically spaced ``lam`` in
+    [1e-4, 1e4] (the utility rule's price of the top tier's cost). ``threshold``: :func:`threshold_curve`'s grid
+    (uniform points, quantiles of the points where a choice changes, and one knob above every probability).
+    """
+    if rule == "utility":
+        lams = np.geomspace(1e-4, 1e4, 401)
+        return np.unique(np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 / (1.0 + lams)]))
+    if rule == "threshold":
+        p = _matrix(proba, "proba")
+        values, *_ = _sweep_events(p, np.arange(p.shape[1]))
+        return _default_thresholds(values, p)
+    raise ValueError(f"unknown decision rule {rule!r}")
+
+
+def sweep_choices(
+    proba: ArrayLike,
+    rule: str,
+    *,
+    tier_costs: ArrayLike | None = None,
+    row_costs: ArrayLike | None = None,
+    thresholds: ArrayLike | None = None,
+    min_tier: int = 0,
+    max_tier: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The tier every prompt gets at every knob value: ``(knobs [K], choices [K, n])``, through the serving rule
+    (:func:`router.decision.decide_batch`). Default knobs: :func:`knob_grid`."""
+    from router.decision import decide_batch
+
+    p = _matrix(proba, "proba")
+    rc = None if row_costs is None else np.asarray(row_costs, dtype=float)
+    thr = knob_grid(p, rule) if thresholds is None else np.unique(np.asarray(thresholds, dtype=float))
+    choices = np.empty((thr.size, p.shape[0]), dtype=np.int64)
+    for k, t in enumerate(thr):
+        choices[k] = decide_batch(
+            p, float(t), min_tier=min_tier or None, max_tier=max_tier, rule=rule, tier_costs=tier_costs, row_costs=rc
+        )
+    return thr, choices
+
+
+def bootstrap_aiq(
+    choices: Sequence[np.ndarray],
+    score: ArrayLike,
+    cost: ArrayLike,
+    *,
+    n_boot: int,
+    seed: int = 0,
+    chunk: int = 4096,
+) -> np.ndarray:
+    """AIQ of several routers' knob sweeps on the same prompts, on the full set and on paired bootstrap resamples.
+
+    ``choices``: per router, the tier of every prompt at every knob value ``[K, n]`` (:func:`sweep_choices`; K may
+    differ between routers); ``score`` / ``cost``: complete ``[n, T]``. Returns ``[1 + n_boot, R]``: row 0 weighs
+    every prompt once (equal to :func:`evaluate_router`'s ``aiq["router"]`` for that sweep), row b > 0 is a
+    multinomial resample of the prompts, the same resample for every router (so differences are paired). Each
+    resample recomputes the curves and the single tiers' cost range, as the full-set AIQ does. A resample's curve is
+    a weighted mean of per-prompt outcomes, so the cost is matrix products, not ``n_boot`` sweeps.
+    """
+    s, c = _matrix(score, "score"), _matrix(cost, "cost")
+    _same_shape(score=s, cost=c)
+    _require_complete(s, c)
+    n = s.shape[0]
+    if n == 0:
+        raise ValueError("no prompts to bootstrap")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+        raise ValueError(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    choices = [np.asarray(ch) for ch in choices]
+    for j, ch in enumerate(choices):
+        if ch.ndim != 2 or ch.shape[1] != n:
+            raise ValueError(f"choices[{j}] must have shape [K, {n}], got {ch.shape}")
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_boot + 1, len(choices)))
+    done = 0
+    while done < n_boot + 1:  # blocks of resamples bound the [B, n] weight matrix on large logs
+        b = min(100, n_boot + 1 - done)
+        draws = rng.multinomial(n, np.full(n, 1.0 / n), size=b - 1 if done == 0 else b).astype(np.float64)
+        weights = np.vstack([np.ones((1, n)), draws]) if done == 0 else draws
+        singles_c = weights @ c / n  # [b, T]: each resample's single-tier costs set its AIQ cost range
+        for j, ch_all in enumerate(choices):
+            q = np.zeros((b, ch_all.shape[0]))
+            k = np.zeros_like(q)
+            for start in range(0, n, chunk):  # blocks of prompts bound the [K, block] outcome matrices
+                rows = np.arange(start, min(n, start + chunk))
+                ch = ch_all[:, rows]
+                q += weights[:, rows] @ s[rows[None, :], ch].T
+                k += weights[:, rows] @ c[rows[None, :], ch].T
+            q /= n
+            k /= n
+            for r in range(b):
+                out[done + r, j] = aiq(k[r], q[r], float(singles_c[r].min()), float(singles_c[r].max()))
+        done += b
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------

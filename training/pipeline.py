@@ -12,31 +12,32 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from router.bundle import BundleMeta, FeatureSpec, write_bundle
 from router.catalog import Catalog
-from router.classifier import (
-    LINEAR_BAGS,
-    CalibrationKind,
-    Layout,
-    TierClassifier,
-    task_names,
-)
+from router.classifier import LINEAR_BAGS, CalibrationKind, Layout, TierClassifier
 from router.cost_model import CostModel
 from router.encoders import LayerChoice
 from router.features import FEATURE_NAMES, structural_features
+from router.numbers import Integer, Number
+from training.evaluation import EvalSet
 from training.labels import LabelledData, assign_splits, label_prompts
 from training.operating_point import choose_threshold
+from training.promotion import GateConfig, GateVerdict
+
+if TYPE_CHECKING:
+    from router.core import Router
 
 log = logging.getLogger("tierwise")
 
@@ -54,11 +55,11 @@ SMALL_LOG_BAGS = 5
 class TrainConfig(BaseModel):
     """Training options (all have production defaults; benchmarks use the same defaults on every dataset)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     encoder: str = Field("minilm-onnx-int8", description="Encoder name (see router.encoders.build_encoder).")
-    encoder_max_tokens: int = Field(256, ge=8, description="Tokens the encoder sees per prompt (specials included).")
-    encoder_head_tokens: int = Field(32, ge=0, description="Tokens kept from the start of a long prompt.")
+    encoder_max_tokens: Integer = Field(256, ge=8, description="Tokens the encoder sees per prompt (specials included).")
+    encoder_head_tokens: Integer = Field(32, ge=0, description="Tokens kept from the start of a long prompt.")
     encoder_layers: LayerChoice = Field(
         "last+middle",
         description="Hidden layers pooled into the prompt vector: 'last' (the classic sentence embedding) or "
@@ -69,7 +70,7 @@ class TrainConfig(BaseModel):
     task_groups: bool = Field(
         True, description="linear layout: learn the group prior from the log's task column when it has one."
     )
-    linear_bags: int | None = Field(
+    linear_bags: Integer | None = Field(
         None,
         ge=1,
         description="linear layout: fits with consecutive seeds (out-of-fold partitions, k-means groups) whose "
@@ -95,7 +96,7 @@ class TrainConfig(BaseModel):
         description="Linear layout without calibration: fit on the train and calibration splits together and choose "
         "the knob on the classifier's out-of-fold probabilities (else: fit on train, knob on calibration).",
     )
-    n_estimators: int = Field(300, ge=1)
+    n_estimators: Integer = Field(300, ge=1)
     calibration: CalibrationKind | None = Field(
         None,
         description="Per-tier probability calibration on the calibration split: sigmoid (Platt), isotonic or none. "
@@ -103,11 +104,19 @@ class TrainConfig(BaseModel):
         "per-tier fit only added noise in cross-validation), sigmoid for the LightGBM layouts.",
     )
     lgbm_params: dict[str, Any] = Field(default_factory=dict)
-    quality_target: float = Field(0.95, gt=0, le=1.5, description="Share of the best single tier's quality.")
-    test_fraction: float = Field(0.2, ge=0, lt=1)
-    calibration_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
-    knn_k: int = Field(20, ge=1)
+    quality_target: Number = Field(0.95, gt=0, le=1.5, description="Share of the best single tier's quality.")
+    test_fraction: Number = Field(0.2, ge=0, lt=1)
+    calibration_fraction: Number = Field(0.2, gt=0, lt=1)
+    seed: Integer = 0
+    knn_k: Integer = Field(20, ge=1)
+
+    @field_validator("lgbm_params")
+    @classmethod
+    def _finite_lgbm_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        for key, value in params.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"lgbm_params.{key} must be a finite number, got {value}")
+        return params
 
     def resolved_linear_bags(self, n_prompts: int) -> int:
         """The number of linear fits averaged for a log with ``n_prompts`` fitted prompts (``linear_bags``)."""
@@ -167,14 +176,15 @@ class FittedRouter:
             "cost_model": None if self.cost_model is None else self.cost_model.model_dump(mode="json"),
         }
 
-    def row_costs(self, prompts: pd.DataFrame) -> np.ndarray | None:
-        """Relative tier costs ``[n, T]`` of these labelled prompts from the cost model (None without one)."""
-        if self.cost_model is None:
-            return None
-        return self.cost_model.relative_for(prompts["prompt"].astype(str).tolist())
-
     def feature_spec(self) -> FeatureSpec:
         return FeatureSpec(embedding=True, structural=list(FEATURE_NAMES) if self.config.structural_features else [])
+
+    def as_router(self) -> Router:
+        """The in-memory :class:`router.core.Router` that the written bundle loads as (same encoder, classifier,
+        rule, prices and knob), so training evaluates the router exactly as it is served and gated."""
+        from router.core import ModelRef, Router
+
+        return Router(bundle_meta(self, {}, {}), self.encoder, self.classifier, ref=ModelRef(uri="<training run>"))
 
 
 @dataclass
@@ -190,6 +200,8 @@ class TrainResult:
     threshold: float
     tracking_uri: str
     warnings: list[str] = field(default_factory=list)
+    gate: GateVerdict | None = None
+    """What the promotion gate measured (comparison prompts, AIQ difference and its interval) and decided."""
 
     @property
     def model_uri(self) -> str:
@@ -201,26 +213,161 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------------------------
 # Stage 1: data
 # --------------------------------------------------------------------------------------------------------------
+LogSource = str | os.PathLike[str] | pd.DataFrame
+"""One log: a file path or an in-memory DataFrame in the canonical long format."""
+
+
+def _source_list(data: Any) -> list[Any]:
+    """``data`` as a list of sources (a path, a DataFrame, or a list of them)."""
+    items = [data] if isinstance(data, (str, os.PathLike, pd.DataFrame)) else list(data)
+    if not items:
+        raise TrainingDataError("no log given")
+    return items
+
+
+def resolve_catalog(catalog: Catalog | str | os.PathLike[str] | None, data: Any) -> tuple[Catalog, list[str]]:
+    """The catalog to train with, and warnings.
+
+    ``catalog`` when given (with a warning for each log whose sidecar catalog, the one it was routed with, has other
+    tiers or models); else the sidecar catalog the logs carry (:func:`router.catalog.catalog_sidecar_path`, written
+    by ``tierwise decisions export``; sidecars that disagree are an error); else ``models/catalog.yaml``.
+    """
+    from router.catalog import catalog_sidecar_path
+
+    paths = [catalog_sidecar_path(item) for item in _source_list(data) if not isinstance(item, pd.DataFrame)]
+    sidecars = {path: Catalog.from_yaml(path) for path in paths if path.is_file()}
+    if catalog is not None:
+        cat = catalog if isinstance(catalog, Catalog) else Catalog.from_yaml(catalog)
+        given = f"catalog {cat.name!r}" if isinstance(catalog, Catalog) else f"the catalog {catalog}"
+        warnings = [
+            f"{path}: the log beside it was routed with tiers {_tier_list(side)}, but training uses {given} with "
+            f"tiers {_tier_list(cat)}"
+            for path, side in sidecars.items()
+            if [(t.name, t.model) for t in side.tiers] != [(t.name, t.model) for t in cat.tiers]
+        ]
+        return cat, warnings
+    if not sidecars:
+        return Catalog.from_yaml(None), []
+    (first, cat), *rest = sidecars.items()
+    differ = [path for path, other in rest if other.model_dump(exclude={"name"}) != cat.model_dump(exclude={"name"})]
+    if differ:
+        raise TrainingDataError(
+            f"the logs carry different catalogs: {first} and {', '.join(map(str, differ))} differ (tiers, prices or "
+            "acceptability); choose one with --catalog"
+        )
+    log.info("using the catalog saved beside the log: %s", first)
+    return cat, []
+
+
+def _tier_list(cat: Catalog) -> str:
+    return ", ".join(f"{t.name}={t.model}" for t in cat.tiers)
+
+
+def read_sources(data: Any, log_options: Any = None) -> tuple[pd.DataFrame, str, list[str]]:
+    """Read and validate one log or several into one canonical long log: (attempts, name for messages, warnings).
+
+    Each source is a file (read with :func:`training.readers.read_log`) or a DataFrame (validated with
+    :func:`training.readers.validate_log`); the same ``log_options`` apply to every source. Several logs (a base log
+    plus a ``tierwise decisions export``, whose ids are hashes of the text) are concatenated, and a prompt is
+    identified by its **text** across logs: a text that an earlier log has is that log's prompt (its attempts are
+    pooled, as repeated attempts are, and it lands in one split, so a prompt never trains in one log and tests in
+    another) and takes that log's id. Within one log ids are kept as they are. An id that an earlier log uses for
+    another text is renamed ``<id>@<k>`` (k = the log's position, from 1), with a warning. Explicit splits are kept;
+    a prompt given different splits by two logs is an error naming both.
+    """
+    from training.readers import LogOptions, read_log, validate_log
+
+    items = _source_list(data)
+    opts = log_options or LogOptions()
+    frames, names = [], []
+    for k, item in enumerate(items, start=1):
+        if isinstance(item, pd.DataFrame):
+            name = "<DataFrame>" if len(items) == 1 else f"<DataFrame #{k}>"
+            frames.append(validate_log(item, opts, name))
+        else:
+            name = str(item)
+            frames.append(read_log(item, opts))
+        names.append(name)
+    if len(frames) == 1:
+        return frames[0], names[0], []
+    return _merge_sources(frames, names)
+
+
+def _merge_sources(frames: list[pd.DataFrame], names: list[str]) -> tuple[pd.DataFrame, str, list[str]]:
+    id_of_text: dict[str, str] = {}
+    text_of_id: dict[str, str] = {}
+    warnings: list[str] = []
+    merged = 0
+    out = []
+    for k, (df, name) in enumerate(zip(frames, names, strict=True), start=1):
+        mapping: dict[str, str] = {}
+        renamed: list[str] = []
+        first_id: dict[str, str] = {}  # texts new in this log (ids within one log are left as they are)
+        pairs = df[["prompt_id", "prompt"]].drop_duplicates()
+        merged += len({t for t in pairs["prompt"].tolist() if t in id_of_text})
+        for pid, text in zip(pairs["prompt_id"].tolist(), pairs["prompt"].tolist(), strict=True):
+            if text in id_of_text:  # an earlier log has this prompt
+                mapping[pid] = id_of_text[text]
+                continue
+            new = pid
+            while new in text_of_id:  # the id names another prompt in an earlier log
+                new = f"{new}@{k}"
+            if new != pid:
+                renamed.append(f"{pid!r} -> {new!r}")
+            text_of_id[new], mapping[pid] = text, new
+            first_id.setdefault(text, new)
+        id_of_text.update(first_id)
+        if renamed:
+            msg = (
+                f"{name}: {len(renamed)} prompt_id(s) already name a different prompt in an earlier log and were "
+                f"renamed ({', '.join(renamed[:5])}{', ...' if len(renamed) > 5 else ''}); prompts are matched "
+                "across logs by their text"
+            )
+            log.warning(msg)
+            warnings.append(msg)
+        out.append(df.assign(prompt_id=df["prompt_id"].map(mapping).astype("str"), __source__=k - 1))
+    attempts = pd.concat(out, ignore_index=True)
+    if merged:
+        log.info("%d prompt(s) appear in several logs (same text) and were merged", merged)
+    if "split" in attempts.columns:
+        given = attempts.dropna(subset=["split"]).drop_duplicates(["prompt_id", "split"])
+        clash = given[given.duplicated("prompt_id", keep=False)]
+        ids = clash["prompt_id"].unique()
+        if len(ids):
+            shown = []
+            for pid in ids[:5]:
+                rows = clash[clash["prompt_id"] == pid]
+                where = ", ".join(f"{names[i]}: {split}" for i, split in zip(rows["__source__"], rows["split"]))
+                shown.append(f"{pid!r} ({where})")
+            raise TrainingDataError(
+                f"{len(ids)} prompt(s) are in different splits in different logs: {'; '.join(shown)}"
+                + (" ..." if len(ids) > 5 else "")
+            )
+    return attempts.drop(columns="__source__"), " + ".join(names), warnings
+
+
 def prepare_data(
-    data: str | os.PathLike[str] | pd.DataFrame,
+    data: LogSource | list[LogSource],
     catalog: Catalog | str | os.PathLike[str] | None = None,
     log_options: Any = None,
     *,
     config: TrainConfig | None = None,
 ) -> PreparedData:
-    """Read, validate, price and label a log. Raises a ``ValueError`` subclass naming the problem."""
+    """Read, validate, price and label a log (or several: :func:`read_sources`). Raises a ``ValueError`` subclass
+    naming the problem.
+
+    Without ``catalog``, the catalog saved beside the log(s) is used, else ``models/catalog.yaml``
+    (:func:`resolve_catalog`). Warns (``PreparedData.warnings``) when most prompts were observed on one tier only.
+    """
     from training.costs import estimate_costs
-    from training.readers import LogOptions, read_log
+    from training.labels import single_tier_warning
 
     config = config or TrainConfig()
-    cat = catalog if isinstance(catalog, Catalog) else Catalog.from_yaml(catalog)
-    if isinstance(data, pd.DataFrame):
-        attempts = data.copy()
-        source = "<DataFrame>"
-    else:
-        attempts = read_log(data, log_options or LogOptions())
-        source = str(data)
-    warnings: list[str] = []
+    cat, warnings = resolve_catalog(catalog, data)
+    for w in warnings:
+        log.warning(w)
+    attempts, source, read_warnings = read_sources(data, log_options)
+    warnings += read_warnings
 
     logged = set(attempts["model"].astype(str).unique())
     unknown = sorted(logged - set(cat.models))
@@ -259,6 +406,10 @@ def prepare_data(
     ).to_numpy()
     for note in labelled.notes:
         log.info(note)
+    biased = single_tier_warning(labelled)
+    if biased:
+        log.warning(biased)
+        warnings.append(biased)
     counts = labelled.prompts["split"].value_counts()
     for s in ("train", "calibration"):
         if counts.get(s, 0) < 10:
@@ -377,76 +528,51 @@ def threshold_table(
 # --------------------------------------------------------------------------------------------------------------
 # Stage 3: evaluate
 # --------------------------------------------------------------------------------------------------------------
-def evaluate(prepared: PreparedData, fitted: FittedRouter, proba_test: np.ndarray | None = None) -> Any:
-    """Evaluate the router, the kNN baseline, the zero router and the oracle on the complete test prompts.
+def evaluate(
+    prepared: PreparedData,
+    fitted: FittedRouter,
+    proba_test: np.ndarray | None = None,
+    *,
+    eval_set: EvalSet | None = None,
+) -> Any:
+    """Evaluate the router, the kNN baseline, the zero router and the oracle on the complete test prompts, through
+    :func:`training.evaluation.evaluate_model` (the function the promotion gate and the notebooks use).
 
     Returns a :class:`training.metrics.EvaluationReport`, or None when the test split has no complete prompts.
+    ``proba_test``: probabilities to score instead of the router's own (research probes); ``eval_set``: the
+    :func:`heldout_set` when the caller has built it already.
     """
     from training.baselines import knn_proba
-    from training.metrics import evaluate_router, threshold_curve, utility_curve
+    from training.evaluation import evaluate_model
+    from training.metrics import threshold_curve, utility_curve
 
     lab = prepared.labelled
-    split = lab.prompts["split"].to_numpy()
-    te = (split == "test") & lab.complete_rows
-    if te.sum() == 0:
+    es = heldout_set(prepared, fitted.config) if eval_set is None else eval_set
+    if len(es) == 0:
         log.warning("no complete test prompts (every tier tried): skipping evaluation")
         return None
-    tr = split == "train" if fitted.fit_rows is None else fitted.fit_rows
-    tasks = test_tasks(lab.prompts.loc[te], fitted.config)
-    if proba_test is None:
-        proba_test = fitted.classifier.predict_proba(fitted.features[te], groups=tasks)
+    te = es.rows
+    router = fitted.as_router()
+    tr = lab.prompts["split"].to_numpy() == "train" if fitted.fit_rows is None else fitted.fit_rows
     knn = knn_proba(fitted.embeddings[tr], lab.acceptable[tr], fitted.embeddings[te], k=fitted.config.knn_k)
-    rule, costs = fitted.decision_rule, fitted.tier_costs
-    rc = fitted.row_costs(lab.prompts.loc[te])
     # the kNN baseline routes with the same decision rule (and prices) as the router
-    if rule == "utility":
-        knn_curve = utility_curve(knn, lab.score[te], lab.cost[te], costs, row_costs=rc)
+    if router.decision_rule == "utility":
+        knn_curve = utility_curve(knn, es.score, es.cost, router.tier_costs, row_costs=router.row_costs(es.prompts))
     else:
-        knn_curve = threshold_curve(knn, lab.score[te], lab.cost[te])
-    return evaluate_router(
-        proba_test,
-        lab.score[te],
-        lab.cost[te],
-        lab.acceptable[te] > 0.5,
-        None,  # label: metrics derive the cheapest acceptable tier and leave out prompts with none
-        fitted.threshold,
-        lab.tier_names,
+        knn_curve = threshold_curve(knn, es.score, es.cost)
+    return evaluate_model(
+        router, es, features=fitted.features[te], proba=proba_test,
         extra_curves={"knn": (knn_curve["cost"].to_numpy(), knn_curve["quality"].to_numpy())},
-        rule=rule,
-        tier_costs=costs,
-        row_costs=rc,
-        two_tier_score=two_tier_score(proba_test, rule),
-        # what the per-prompt model adds
-        reference_proba=fitted.classifier.reference_proba(fitted.features[te], groups=tasks),
     )
-
-
-def test_tasks(prompts: pd.DataFrame, config: TrainConfig) -> list[str | None] | None:
-    """The task each test prompt's caller would name (``eval_known_task``): the log's ``task`` column, or None
-    when the log has none or the config evaluates without it."""
-    if not config.eval_known_task or "task" not in prompts or not prompts["task"].notna().any():
-        return None
-    return task_names(prompts["task"].tolist())
-
-
-def two_tier_score(proba: np.ndarray, rule: str) -> np.ndarray:
-    """Score ranking prompts for the strong (top) tier in the two-tier view, as the decision rule uses it.
-
-    The utility rule sends a prompt to the top tier rather than tier 0 when ``P(top) - P(tier 0)`` exceeds the
-    price, so that uplift is its score; the threshold rule escalates when ``P(tier 0)`` is low: ``1 - P(tier 0)``.
-    """
-    p = np.nan_to_num(np.asarray(proba, float), nan=0.0)
-    return p[:, -1] - p[:, 0] if rule == "utility" else 1.0 - p[:, 0]
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Bundle
 # --------------------------------------------------------------------------------------------------------------
-def save_bundle(
-    fitted: FittedRouter, directory: str | Path, metrics: dict[str, float], training_info: dict[str, Any]
-) -> Path:
-    """Write the fitted router as a bundle directory (atomically)."""
-    meta = BundleMeta(
+def bundle_meta(fitted: FittedRouter, metrics: dict[str, float], training_info: dict[str, Any]) -> BundleMeta:
+    """The bundle metadata of a fitted router (what :func:`save_bundle` writes and :meth:`FittedRouter.as_router`
+    routes with)."""
+    return BundleMeta(
         catalog=fitted.catalog,
         encoder=fitted.encoder.spec.model_dump(mode="json"),
         features=fitted.feature_spec(),
@@ -456,6 +582,13 @@ def save_bundle(
         metrics={k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)},
         training={**training_info, **fitted.decision_info()},
     )
+
+
+def save_bundle(
+    fitted: FittedRouter, directory: str | Path, metrics: dict[str, float], training_info: dict[str, Any]
+) -> Path:
+    """Write the fitted router as a bundle directory (atomically)."""
+    meta = bundle_meta(fitted, metrics, training_info)
     return write_bundle(directory, meta, {"encoder": fitted.encoder.save, "classifier": fitted.classifier.save})
 
 
@@ -463,7 +596,7 @@ def save_bundle(
 # Stage 4: everything, with MLflow
 # --------------------------------------------------------------------------------------------------------------
 def train(
-    data: str | os.PathLike[str] | pd.DataFrame,
+    data: LogSource | list[LogSource],
     *,
     catalog: Catalog | str | os.PathLike[str] | None = None,
     log_options: Any = None,
@@ -473,11 +606,14 @@ def train(
     tracking_uri: str | None = None,
     experiment: str = "tierwise",
     progress: bool = True,
+    gate: GateConfig | None = None,
 ) -> TrainResult:
-    """Train a router on a log, log it to MLflow, register it and apply the promotion rule.
+    """Train a router on a log (or several: a base log and feedback exports, see :func:`prepare_data`), log it to
+    MLflow, register it and apply the promotion gate.
 
-    The new version gets the alias ``challenger``; ``champion`` moves to it only when ``promote`` is true and it
-    is at least as good (AIQ on this run's test split) as the current champion evaluated on the same prompts.
+    The new version gets the alias ``challenger``; ``champion`` moves to it only when ``promote`` is true and the
+    gate (:mod:`training.promotion`, settings ``gate``) finds it at least as good as the current champion, both
+    scored on the same held-out prompts, or when there is no champion and it beats the single tiers.
     Any failure leaves the registry's aliases as they were (the MLflow run is marked FAILED).
     """
     import mlflow
@@ -485,17 +621,20 @@ def train(
     from training import registry
 
     config = config or TrainConfig()
+    gate = gate or GateConfig()
     turi = registry.configure(tracking_uri)
     prepared = prepare_data(data, catalog, log_options, config=config)
     fitted = fit_router(prepared, config, progress=progress)
-    report = evaluate(prepared, fitted)
+    # the test prompts: the run's evaluation and the gate's comparison prompts (the challenger never fitted on them)
+    comparison = heldout_set(prepared, config)
+    report = evaluate(prepared, fitted, eval_set=comparison)
     metrics = report.metrics() if report is not None else {}
     metrics = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
     metrics["default_threshold"] = fitted.threshold
 
     summary = prepared.labelled.summary()
     training_info = {
-        "data": str(data) if not isinstance(data, pd.DataFrame) else "<DataFrame>",
+        "data": ", ".join("<DataFrame>" if isinstance(d, pd.DataFrame) else str(d) for d in _source_list(data)),
         "config": config.model_dump(mode="json"),
         "summary": summary,
         "cost_sources": {str(k): int(v) for k, v in prepared.cost_sources.items()},
@@ -517,67 +656,60 @@ def train(
                 mlflow.log_text("\n".join(prepared.warnings), "warnings.txt")
             if report is not None:
                 _log_report(report, workdir / "plots")
+            # digests, not texts: a later run's gate reports how many of its prompts this run also held out
+            mlflow.log_dict({"sha256": comparison.digests()}, registry.HELDOUT_ARTIFACT)
             version = registry.log_router_model(
                 bundle, registered_name=register, encoder_kind=fitted.encoder.spec.kind
             )
-            promoted, reason = False, "not registered"
+            verdict = GateVerdict(False, "not registered", len(comparison))
+            if register and version:
+                verdict = _gate_verdict(register, promote, gate, fitted, comparison, report, turi)
+                log.info("promotion: %s", verdict.describe())
+                mlflow.set_tag("tierwise.promotion", verdict.reason[:5000])
+                mlflow.log_metrics(verdict.metrics())
+                mlflow.log_text(verdict.describe() + "\n", "promotion.md")
+            mlflow.set_tag("tierwise.catalog", prepared.catalog.name)
+            # the aliases move last, once everything else of the run is logged: a failure before leaves them as
+            # they were
             if register and version:
                 registry.set_alias(register, registry.CHALLENGER, version, turi)
-                promoted, reason = _maybe_promote(register, version, promote, prepared, report, turi)
-                mlflow.set_tag("tierwise.promotion", reason)
-            mlflow.set_tag("tierwise.catalog", prepared.catalog.name)
+                if verdict.promote:
+                    registry.promote(register, version, turi)
             return TrainResult(
-                run.info.run_id, version, register, metrics, promoted, reason, fitted.threshold, turi,
-                prepared.warnings,
+                run.info.run_id, version, register, metrics, verdict.promote, verdict.reason, fitted.threshold,
+                turi, prepared.warnings, verdict,
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _maybe_promote(
-    name: str, version: str, promote: bool, prepared: PreparedData, report: Any, turi: str
-) -> tuple[bool, str]:
+def heldout_set(prepared: PreparedData, config: TrainConfig) -> EvalSet:
+    """The complete test prompts of a prepared log, with each one's task when ``config.eval_known_task``."""
+    lab = prepared.labelled
+    return EvalSet.from_labelled(lab, lab.prompts["split"].to_numpy() == "test", known_task=config.eval_known_task)
+
+
+def _gate_verdict(
+    name: str, promote: bool, gate: GateConfig, fitted: FittedRouter, comparison: EvalSet, report: Any, turi: str
+) -> GateVerdict:
+    """The promotion gate's verdict (:mod:`training.promotion`); moves no alias."""
+    from router.core import Router
     from training import registry
+    from training.promotion import compare, first_champion, refuse
 
     if not promote:
-        return False, "promotion disabled (--no-promote)"
+        return GateVerdict(False, "promotion disabled (--no-promote)", len(comparison))
     champ = registry.alias_version(name, registry.CHAMPION, turi)
     if champ is None:
-        registry.promote(name, version, turi)
-        return True, "no current champion"
-    if report is None:
-        return False, "no complete test prompts to compare with the champion; promote by hand if wanted"
-    champ_score = champion_aiq(name, champ, prepared, turi)
-    if champ_score is None:
-        return False, f"champion v{champ} routes a different set of tiers; not comparable, promote by hand if wanted"
-    ok, reason = registry.promotion_decision(report.metrics()["aiq"], champ_score)
-    if ok:
-        registry.promote(name, version, turi)
-    log.info("promotion: %s", reason)
-    return ok, reason
-
-
-def champion_aiq(name: str, version: str, prepared: PreparedData, turi: str) -> float | None:
-    """AIQ of a registered version on this run's test prompts, or None when its tiers differ."""
-    from router.core import Router
-    from training.metrics import evaluate_router
-
-    champion = Router.load(f"models:/{name}/{version}", tracking_uri=turi)
-    lab = prepared.labelled
-    if champion.tiers != lab.tier_names:
-        return None
-    te = (lab.prompts["split"].to_numpy() == "test") & lab.complete_rows
-    p = lab.prompts.loc[te]
-    roles = [None if pd.isna(r) else str(r) for r in p["role"]]
-    prompts = p["prompt"].astype(str).tolist()
-    proba = champion.predict_proba_array(prompts, roles)
-    rule = champion.meta.training.get("decision_rule", "threshold")
-    rep = evaluate_router(
-        proba, lab.score[te], lab.cost[te], lab.acceptable[te] > 0.5, None, champion.threshold, lab.tier_names,
-        rule=rule, tier_costs=champion.meta.training.get("tier_costs"), row_costs=champion.row_costs(prompts),
-        two_tier_score=two_tier_score(proba, rule),
+        return first_champion(report, len(comparison), gate)
+    try:
+        champion = Router.load(f"models:/{name}/{champ}", tracking_uri=turi)
+    except Exception as exc:  # noqa: BLE001 - a champion that cannot be loaded cannot be compared
+        return refuse(f"the champion v{champ} could not be loaded ({type(exc).__name__}: {exc})", comparison, gate)
+    return compare(
+        fitted.as_router(), champion, comparison, gate, challenger_features=fitted.features[comparison.rows],
+        champion_heldout=registry.heldout_digests(name, champ, turi),
     )
-    return float(rep.metrics()["aiq"])
 
 
 def _flat_params(config: TrainConfig, prepared: PreparedData) -> dict[str, Any]:

@@ -9,16 +9,22 @@ column             dtype       meaning
 ``prompt``         str         required; non-empty
 ``model``          str         required; as named in the catalog (``Tier.model``)
 ``score``          float64     required (or ``acceptable``); in [0, 1]
-``cost_usd``       float64     optional; >= 0, NaN = not logged
-``input_tokens``   float64     optional; >= 0
-``output_tokens``  float64     optional; >= 0
-``latency_ms``     float64     optional; >= 0
+``cost_usd``       float64     optional; in [0, 10^6] USD, NaN = not logged
+``input_tokens``   float64     optional; in [0, 10^9]
+``output_tokens``  float64     optional; in [0, 10^9]
+``latency_ms``     float64     optional; in [0, 7 days]
 ``task``           str         optional
 ``role``           str         optional; one of single / plan / execute / verify (missing values -> single)
 ``split``          str         optional; train / calibration / test (val, valid, validation, dev, calib ->
                                calibration); a prompt must not be in two splits
 ``timestamp``      datetime    optional; ISO 8601 strings or datetimes (UTC), numbers = Unix seconds
 =================  ==========  ===========================================================================
+
+Numbers must be finite: ``inf``, ``Infinity``, ``-inf`` or a literal too large for a float (``1e400``) are
+errors in every numeric column and every format, as are booleans in the cost, token and latency columns and values
+above :data:`router.limits.ATTEMPT_LIMITS` (no single attempt costs a million dollars or reads a billion tokens;
+such a value is a logging bug, and one of them is enough to skew the prices every tier is trained on). NaN (an
+empty field, ``null``, ``NaN``) means "not logged".
 
 Other columns pass through unchanged. When a log gives only ``acceptable`` (bool, 0/1, "true"/"false",
 "yes"/"no"), ``score`` is 1.0 / 0.0; when it gives both, ``score`` is used and ``acceptable`` passes through.
@@ -55,8 +61,10 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from router.decision import ROLES  # one list of roles for logs, routing and serving
+from router.limits import ATTEMPT_LIMITS  # one table of bounds for logs, the feedback API and the decision log
 
 __all__ = [
+    "ATTEMPT_LIMITS",
     "CANONICAL_COLUMNS",
     "LogFileNotFoundError",
     "LogOptions",
@@ -579,8 +587,14 @@ def _canonicalise(df: pd.DataFrame, ctx: _Context) -> pd.DataFrame:
         if col in df.columns:
             raw = df[col]
             num = _to_float(raw)
+            boolean = _is_bool(raw)  # read as 1.0 / 0.0 by _to_float: only this check sees them
             not_number = num.isna() & ~_is_null(raw)
-            report(col, not_number | (num < 0), "negative or not a number", raw)
+            infinite = np.isinf(num.to_numpy())
+            report(col, boolean, "true/false (must be a number)", raw)
+            report(col, not_number | ((num < 0) & ~infinite), "negative or not a number", raw)
+            report(col, infinite, "infinite (inf, Infinity or a literal too large for a float, e.g. 1e400)", raw)
+            limit = ATTEMPT_LIMITS[col]
+            report(col, (num > limit) & ~infinite & ~boolean, f"above {limit:g} (not plausible for one attempt)", raw)
             out[col] = num
 
     # --- categorical text -------------------------------------------------------------------------------------
@@ -667,7 +681,8 @@ def _short(value: object, limit: int = 40) -> str:
     if isinstance(value, str):
         s = value if len(value) <= limit else value[: limit - 3] + "..."
         return repr(s)
-    return str(value)
+    s = str(value)  # e.g. a 400-digit JSON integer
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def _list_columns(df: pd.DataFrame, limit: int = 30) -> str:
@@ -678,6 +693,15 @@ def _list_columns(df: pd.DataFrame, limit: int = 30) -> str:
 
 def _is_null(s: pd.Series) -> pd.Series:
     return s.isna()
+
+
+def _is_bool(s: pd.Series) -> np.ndarray:
+    """True / False values (a JSON ``true`` in a cost column is a logging bug, not 1 USD)."""
+    if pd.api.types.is_bool_dtype(s.dtype):
+        return np.ones(len(s), dtype=bool)
+    if not pd.api.types.is_object_dtype(s.dtype):
+        return np.zeros(len(s), dtype=bool)
+    return np.fromiter((isinstance(v, (bool, np.bool_)) for v in s), dtype=bool, count=len(s))
 
 
 def _is_blank(s: pd.Series) -> np.ndarray:
@@ -717,6 +741,8 @@ def _bool_to_num(v: object) -> object:
         return float(v)
     if isinstance(v, str):
         return v.strip()
+    if isinstance(v, int) and abs(v) > 2**1023:  # a JSON integer beyond float range: as infinite as 1e400
+        return float("inf") if v > 0 else float("-inf")
     return v
 
 

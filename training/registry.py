@@ -1,7 +1,7 @@
 """MLflow tracking and registry: log a router as a pyfunc model, register it, and manage aliases.
 
 New versions get the alias ``challenger``. ``champion`` moves only through :func:`promote`, and the pipeline calls
-it only after the new version proved at least as good as the current champion on the same evaluation data.
+it only when the promotion gate (:mod:`training.promotion`) says so.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from router.settings import default_artifact_root, resolve_tracking_uri
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 DEFAULT_EXPERIMENT = "tierwise"
+HELDOUT_ARTIFACT = "evaluation/heldout_prompts.json"
 
 _BASE_REQUIREMENTS = (
     "mlflow",
@@ -115,12 +116,15 @@ def promote(name: str, version: str, tracking_uri: str) -> None:
     set_alias(name, CHAMPION, version, tracking_uri)
 
 
-def promotion_decision(
-    new_score: float, champion_score: float | None, *, metric: str = "aiq", tolerance: float = 1e-9
-) -> tuple[bool, str]:
-    """Pure rule: promote when there is no champion or the new model is at least as good on the same data."""
-    if champion_score is None:
-        return True, "no current champion"
-    if new_score + tolerance >= champion_score:
-        return True, f"{metric} {new_score:.4f} >= champion's {champion_score:.4f} on the same test data"
-    return False, f"{metric} {new_score:.4f} < champion's {champion_score:.4f} on the same test data"
+def heldout_digests(name: str, version: str, tracking_uri: str) -> set[str] | None:
+    """SHA-256 digests of the prompts the run behind ``name`` version ``version`` held out of its fit (its complete
+    test prompts, :data:`HELDOUT_ARTIFACT`), or None for a version registered without them."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run_id = client.get_model_version(name, version).run_id
+    if not run_id:
+        return None
+    try:
+        data = mlflow.artifacts.load_dict(f"runs:/{run_id}/{HELDOUT_ARTIFACT}")
+    except (MlflowException, OSError):
+        return None  # registered before tierwise recorded them
+    return set(data.get("sha256", []))
