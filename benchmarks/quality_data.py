@@ -9,15 +9,25 @@ contamination filter, the routellm split) are the only per-dataset choices; ever
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+# Offline-safe defaults for every benchmark (they import this module first, before any encoder is built).
+for _key, _value in (
+    ("HF_HUB_OFFLINE", "1"),
+    ("TRANSFORMERS_OFFLINE", "1"),
+    ("MLFLOW_DISABLE_TELEMETRY", "true"),
+    ("TOKENIZERS_PARALLELISM", "false"),
+):
+    os.environ.setdefault(_key, _value)
 
-from router.catalog import Catalog
-from training.readers import LogOptions, read_log
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from router.catalog import Catalog  # noqa: E402
+from training.readers import LogOptions, read_log  # noqa: E402
 
 CATALOG_DIR = Path(__file__).resolve().parent / "catalogs"
 REPO_ROOT = Path(__file__).resolve().parent.parent

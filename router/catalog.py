@@ -39,7 +39,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from router.atomic_io import write_text_atomic  # also imported from here (training/demo.py)
+from router.atomic_io import write_text_atomic
 from router.limits import MAX_TOKENS  # one bound on token counts for feedback, logs and catalogs
 from router.numbers import Integer, Number
 from router.schemas import number_message, whole_number

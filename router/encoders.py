@@ -7,6 +7,9 @@ window) travels with the model bundle, and ``Encoder.save(dir)`` writes what is 
   source is resolved again and its fingerprint (sha256 of weight, tokenizer and config files) must match.
 * ``"onnx-fp32"`` / ``"onnx-int8"``: ``model.onnx`` + ``tokenizer.json`` + ``encoder.json``. Self-contained:
   serving imports neither torch nor sentence-transformers (only onnxruntime, tokenizers and numpy).
+* ``"static"``: ``static.npy`` (a ``[vocab, dim]`` token table distilled once from the model, model2vec-style;
+  :class:`StaticEncoder`, :func:`distill_static`) + ``tokenizer.json`` + ``encoder.json``. Serving needs only
+  tokenizers and numpy; a prompt costs a table lookup, not a forward pass.
 
 Layers: by default a vector is the mean-pooled last hidden layer, like sentence-transformers.
 ``layers="last+middle"`` (tierwise's training default, see :func:`resolve_layers`) instead pools two hidden layers
@@ -20,7 +23,8 @@ prefixes come first; the informative question is at the end). Both backends wind
 function, :func:`window_token_ids`, on ids from the model folder's ``tokenizer.json``.
 
 Names for :func:`build_encoder`: ``minilm`` / ``minilm-torch``, ``minilm-onnx-fp32``, ``minilm-onnx-int8``
-(default), ``st:<name-or-path>``, ``onnx-fp32:<name-or-path>``, ``onnx-int8:<name-or-path>``.
+(default), ``minilm-static``, ``st:<name-or-path>``, ``onnx-fp32:<name-or-path>``, ``onnx-int8:<name-or-path>``,
+``static:<name-or-path>``.
 
 Heavy libraries (torch, sentence-transformers, onnxruntime, tokenizers) are imported lazily, inside the functions
 that need them, so ``import router.encoders`` is cheap and loading an ONNX encoder never imports torch.
@@ -64,7 +68,7 @@ LAST_LAYER: tuple[int, ...] = (-1,)
 LayerChoice = Literal["last", "last+middle"]
 LAYER_CHOICES: tuple[str, ...] = get_args(LayerChoice)
 
-EncoderKind = Literal["sentence-transformers", "onnx-int8", "onnx-fp32"]
+EncoderKind = Literal["sentence-transformers", "onnx-int8", "onnx-fp32", "static"]
 ONNX_KINDS: tuple[str, ...] = ("onnx-int8", "onnx-fp32")
 MINILM_ALIASES = frozenset({"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"})
 ENCODER_JSON = "encoder.json"
@@ -78,6 +82,8 @@ ENCODER_NAMES = (
     "st:<name-or-path>",
     "onnx-fp32:<name-or-path>",
     "onnx-int8:<name-or-path>",
+    "minilm-static",
+    "static:<name-or-path>",
 )
 DEFAULT_ENCODER = "minilm-onnx-int8"
 
@@ -135,7 +141,9 @@ class EncoderSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: EncoderKind = Field(description="Backend: 'sentence-transformers' (torch), 'onnx-int8' or 'onnx-fp32'.")
+    kind: EncoderKind = Field(
+        description="Backend: 'sentence-transformers' (torch), 'onnx-int8', 'onnx-fp32' or 'static' (token table)."
+    )
     source: str = Field(min_length=1, description="Model name or path the user gave (e.g. 'minilm', a hub name).")
     fingerprint: str = Field(
         pattern=r"^[0-9a-f]{16}$", description="sha256 (first 16 hex) of the source model's weight/tokenizer files."
@@ -152,7 +160,8 @@ class EncoderSpec(BaseModel):
     artifact: str | None = Field(
         None,
         pattern=r"^[0-9a-f]{16}$",
-        description="sha256 (first 16 hex) of the derived weight file (model.onnx) for ONNX kinds; None for torch.",
+        description="sha256 (first 16 hex) of the derived weight file (model.onnx for ONNX kinds, static.npy for "
+        "static); None for torch.",
     )
     version: int = Field(FORMAT_VERSION, ge=1, description="encoder.json format version.")
 
@@ -165,6 +174,8 @@ class EncoderSpec(BaseModel):
             )
         if self.kind in ONNX_KINDS and self.artifact is None:
             raise ValueError(f"an {self.kind} spec needs the 'artifact' digest of its model.onnx")
+        if self.kind == "static" and (self.artifact is None or self.layers != LAST_LAYER):
+            raise ValueError("a static spec needs the 'artifact' digest of its static.npy and has one layer (-1)")
         if len(set(self.layers)) != len(self.layers):
             raise ValueError(f"layers must not repeat: {list(self.layers)}")
         if self.dim % len(self.layers):
@@ -485,6 +496,22 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _saved_spec(directory: Path, kinds: Sequence[str], what: str, weights: str, verify: bool) -> EncoderSpec:
+    """The spec of a saved encoder directory of one of ``kinds``, checked complete (``weights`` + tokenizer); with
+    ``verify``, ``weights`` must match the recorded artifact digest."""
+    spec = EncoderSpec.model_validate(read_encoder_json(directory)["spec"])
+    if spec.kind not in kinds:
+        raise EncoderError(f"{directory} holds a {spec.kind} encoder, not {what} one")
+    for name in (weights, TOKENIZER_FILE):
+        if not (directory / name).is_file():
+            raise EncoderError(f"{directory} lacks {name}: incomplete encoder directory")
+    if verify:
+        found = file_digest(directory / weights)
+        if found != spec.artifact:
+            raise _mismatch(spec, f"{directory / weights}", f"artifact {found}")
+    return spec
+
+
 def _mismatch(spec: EncoderSpec, found_where: str, found: str) -> EncoderMismatchError:
     return EncoderMismatchError(
         f"the encoder this model was trained with ({spec.kind}, source {spec.source!r}, fingerprint "
@@ -720,16 +747,7 @@ class OnnxEncoder:
     def load(cls, directory: Path, threads: int | None = None, *, verify: bool = True) -> OnnxEncoder:
         """Open a saved ONNX encoder; with ``verify``, check model.onnx against the recorded artifact digest."""
         directory = Path(directory)
-        spec = EncoderSpec.model_validate(read_encoder_json(directory)["spec"])
-        if spec.kind not in ONNX_KINDS:
-            raise EncoderError(f"{directory} holds a {spec.kind} encoder, not an ONNX one")
-        for name in (ONNX_FILE, TOKENIZER_FILE):
-            if not (directory / name).is_file():
-                raise EncoderError(f"{directory} lacks {name}: incomplete encoder directory")
-        if verify:
-            found = file_digest(directory / ONNX_FILE)
-            if found != spec.artifact:
-                raise _mismatch(spec, f"{directory / ONNX_FILE}", f"artifact {found}")
+        spec = _saved_spec(directory, ONNX_KINDS, "an ONNX", ONNX_FILE, verify)
         return cls(directory, spec, threads=threads)
 
     def with_spec(self, **updates: Any) -> OnnxEncoder:
@@ -1009,6 +1027,208 @@ def export_onnx(source: str, kind: str = "onnx-int8", cache_dir: Path | None = N
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Static (model2vec-style) backend
+# ----------------------------------------------------------------------------------------------------------------
+STATIC_VERSION = 1
+"""Version of the static distillation recipe; part of its cache directory name so recipe changes rebuild."""
+STATIC_FILE = "static.npy"
+STATIC_DIMS = 256
+STATIC_SIF = 1e-4
+_STATIC_BATCH = 512  # tokens per forward pass while distilling
+_STATIC_ENCODE_BLOCK = 256  # prompts tokenised per call
+
+
+class StaticEncoder:
+    """Static token vectors distilled from a sentence-transformers model (model2vec-style): a prompt's vector is
+    the mean of its tokens' rows in a ``[vocab, dim]`` table, L2-normalised.
+
+    The table (:func:`distill_static`) holds every vocabulary token embedded alone by the model, reduced by PCA
+    and down-weighted by a Zipf estimate of its frequency (frequent tokens say little). It sees the same head +
+    tail token window as the transformer; no neural network runs at encode time (tokenizers + numpy only), at
+    about 0.03 ms per prompt. The table and the tokenizer are saved with the bundle, like an ONNX model.
+    """
+
+    def __init__(self, directory: Path, spec: EncoderSpec, *, threads: int | None = None) -> None:
+        directory = Path(directory)
+        self.directory = directory
+        self.spec = spec
+        self.dim = spec.dim
+        self.threads = threads  # unused: encoding is a table lookup; kept for the factory's signature
+        self.table = np.load(directory / STATIC_FILE, allow_pickle=False).astype(np.float32)
+        if self.table.ndim != 2 or self.table.shape[1] != spec.dim:
+            raise EncoderError(f"{directory / STATIC_FILE} has shape {self.table.shape}, expected [vocab, {spec.dim}]")
+        self.window = TokenWindow.from_json(
+            (directory / TOKENIZER_FILE).read_text(encoding="utf-8"), spec.max_tokens, spec.head_tokens
+        )
+        if self.window.tokenizer.get_vocab_size(with_added_tokens=True) > self.table.shape[0]:
+            raise EncoderError(f"{directory}: the token table has fewer rows than the tokenizer's vocabulary")
+
+    @classmethod
+    def load(cls, directory: Path, threads: int | None = None, *, verify: bool = True) -> StaticEncoder:
+        """Open a saved static encoder; with ``verify``, check its table against the recorded artifact digest."""
+        directory = Path(directory)
+        spec = _saved_spec(directory, ("static",), "a static", STATIC_FILE, verify)
+        return cls(directory, spec, threads=threads)
+
+    def with_spec(self, **updates: Any) -> StaticEncoder:
+        """The same table under another token window or source label (shares the files)."""
+        spec = EncoderSpec.model_validate({**self.spec.model_dump(), **updates})
+        if (spec.kind, spec.fingerprint, spec.artifact, spec.dim) != (
+            self.spec.kind, self.spec.fingerprint, self.spec.artifact, self.spec.dim
+        ):
+            raise ValueError("with_spec cannot change the encoder's kind, weights or dimension")
+        out = StaticEncoder.__new__(StaticEncoder)
+        out.__dict__.update(self.__dict__)
+        out.spec = spec
+        out.window = TokenWindow(self.window.tokenizer, spec.max_tokens, spec.head_tokens)
+        return out
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Embed ``texts`` (float32 ``[n, dim]``, unit rows; an empty prompt gets the zero vector)."""
+        texts = list(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        lo, hi = len(self.window.prefix), len(self.window.suffix)
+        with _progress_bar(len(texts), progress, "embedding") as bar:
+            for start in range(0, len(texts), _STATIC_ENCODE_BLOCK):
+                seqs = self.window.ids(texts[start : start + _STATIC_ENCODE_BLOCK])
+                for i, s in enumerate(seqs, start):
+                    content = s[lo : len(s) - hi]
+                    if content:  # one prompt's rows at a time stay in cache (a gather of the block's did not)
+                        out[i] = self.table[content].mean(axis=0)
+                if bar is not None:
+                    bar.update(len(seqs))
+        return _l2_normalise(out)
+
+    def save(self, directory: Path) -> None:
+        """Copy the token table and tokenizer.json into ``directory``, then write encoder.json (last)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in (STATIC_FILE, TOKENIZER_FILE):
+            _copy_atomic(self.directory / name, directory / name)
+        meta = read_encoder_json(self.directory).get("static", {})
+        _write_json_atomic(directory / ENCODER_JSON, {"spec": self.spec.model_dump(mode="json"), "static": meta})
+
+
+def static_cache_dir(cache_dir: Path | None = None) -> Path:
+    """Where distilled static tables are cached (``<cache>/static``)."""
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir() / "static"
+
+
+def _token_vectors(source: str, token_ids: np.ndarray, window: TokenWindow) -> np.ndarray:
+    """The model's sentence embedding of each token alone (``[CLS] token [SEP]``), ``[len(token_ids), dim]``."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(resolve_source(source), device="cpu").eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, token_ids.size, _STATIC_BATCH):
+            ids = [window.prefix + [int(t)] + window.suffix for t in token_ids[start : start + _STATIC_BATCH]]
+            ids_t = torch.tensor(ids, dtype=torch.long)
+            features = {
+                "input_ids": ids_t,
+                "attention_mask": torch.ones_like(ids_t),
+                "token_type_ids": torch.zeros_like(ids_t),
+            }
+            out.append(st(features)["sentence_embedding"].float().numpy())
+    return np.vstack(out)
+
+
+def _distil_table(vectors: np.ndarray, vocab_size: int, token_ids: np.ndarray, dims: int, sif: float) -> np.ndarray:
+    """PCA to ``dims`` (centred, no whitening), then the Zipf/SIF weight ``sif / (sif + p(rank))`` per token, with
+    the vocabulary order as the frequency rank (WordPiece and BPE vocabularies are roughly frequency-ordered).
+    Tokens not distilled keep a zero row."""
+    x = vectors.astype(np.float64)
+    x -= x.mean(axis=0)
+    dims = min(dims, x.shape[1], x.shape[0])
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    comp = vt[:dims]
+    comp *= np.where(comp[np.arange(dims), np.abs(comp).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]  # fixed signs
+    reduced = x @ comp.T
+    inv_rank = 1.0 / np.arange(2, vocab_size + 2)
+    p = inv_rank / inv_rank.sum()
+    weight = sif / (sif + p)
+    table = np.zeros((vocab_size, dims), dtype=np.float32)
+    table[token_ids] = (reduced * weight[token_ids][:, None]).astype(np.float32)
+    return table
+
+
+def distill_static(
+    source: str = "minilm",
+    dims: int = STATIC_DIMS,
+    *,
+    vocab_limit: int | None = None,
+    cache_dir: Path | None = None,
+) -> Path:
+    """Directory of a cached static encoder distilled from ``source`` (distilling on first use, a minute or two).
+
+    Every vocabulary token except the special ones (or, with ``vocab_limit``, the first ``vocab_limit`` token ids:
+    for tests) is embedded alone by the model. The directory
+    (``<cache>/static/<fingerprint>-d<dims>[-v<limit>]-s<version>/``) is a complete saved encoder with the default
+    window, built in a temporary folder and renamed into place, so a killed build leaves no half-written entry.
+    """
+    if isinstance(dims, bool) or not isinstance(dims, int) or not 8 <= dims <= 4096:
+        raise ValueError(f"dims must be an integer in 8..4096, got {dims!r}")
+    bad_limit = isinstance(vocab_limit, bool) or not isinstance(vocab_limit, int) or vocab_limit < 16
+    if vocab_limit is not None and bad_limit:
+        raise ValueError(f"vocab_limit must be an integer >= 16 (or None: the whole vocabulary), got {vocab_limit!r}")
+    source = normalise_source(source)
+    model_dir = local_model_dir(source)
+    fp = fingerprint_dir(model_dir)
+    root = static_cache_dir(cache_dir)
+    final = root / f"{fp}-d{dims}{'' if vocab_limit is None else f'-v{vocab_limit}'}-s{STATIC_VERSION}"
+    if (final / ENCODER_JSON).is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    try:
+        t0 = time.perf_counter()
+        path = model_dir / TOKENIZER_FILE
+        if not path.is_file():
+            raise EncoderError(f"{model_dir} has no {TOKENIZER_FILE}: a static encoder needs a fast tokenizer")
+        tok_json = path.read_text(encoding="utf-8")
+        window = TokenWindow.from_json(tok_json, 8, 0)
+        vocab = window.tokenizer.get_vocab_size(with_added_tokens=True)
+        special = {int(i) for i in window.prefix + window.suffix}
+        for tok in json.loads(tok_json).get("added_tokens", []):
+            if tok.get("special"):
+                special.add(int(tok["id"]))
+        last = vocab if vocab_limit is None else min(vocab, vocab_limit)
+        ids = np.asarray([i for i in range(last) if i not in special])
+        table = _distil_table(_token_vectors(source, ids, window), vocab, ids, dims, STATIC_SIF)
+        with (tmp / STATIC_FILE).open("wb") as fh:
+            np.save(fh, table, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        (tmp / TOKENIZER_FILE).write_text(tok_json, encoding="utf-8")
+        digest = file_digest(tmp / STATIC_FILE)
+        spec = EncoderSpec(kind="static", source=source, fingerprint=fp, dim=table.shape[1], artifact=digest)
+        meta = {
+            "recipe": "token alone through the sentence-transformers model, PCA, Zipf/SIF weight",
+            "pca_dims": int(table.shape[1]),
+            "sif": STATIC_SIF,
+            "tokens_distilled": int(ids.size),
+            "vocab_size": int(vocab),
+            "static_version": STATIC_VERSION,
+            "build_seconds": round(time.perf_counter() - t0, 2),
+        }
+        _write_json_atomic(tmp / ENCODER_JSON, {"spec": spec.model_dump(mode="json"), "static": meta})
+        log.info("distilled a static encoder from %s in %.1fs", source, meta["build_seconds"])
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / ENCODER_JSON).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Factory functions
 # ----------------------------------------------------------------------------------------------------------------
 def _parse_name(name: str) -> tuple[str, str]:
@@ -1020,10 +1240,13 @@ def _parse_name(name: str) -> tuple[str, str]:
         "minilm-torch": ("sentence-transformers", "minilm"),
         "minilm-onnx-int8": ("onnx-int8", "minilm"),
         "minilm-onnx-fp32": ("onnx-fp32", "minilm"),
+        "minilm-static": ("static", "minilm"),
     }
     if low in fixed:
         return fixed[low]
-    for prefix, kind in (("st:", "sentence-transformers"), ("onnx-int8:", "onnx-int8"), ("onnx-fp32:", "onnx-fp32")):
+    prefixes = (("st:", "sentence-transformers"), ("onnx-int8:", "onnx-int8"), ("onnx-fp32:", "onnx-fp32"),
+                ("static:", "static"))
+    for prefix, kind in prefixes:
         if low.startswith(prefix) and key[len(prefix) :].strip():
             return kind, key[len(prefix) :].strip()
     raise ValueError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODER_NAMES)}")
@@ -1042,13 +1265,20 @@ def build_encoder(
 
     ``threads``: torch / onnxruntime intra-op threads (ONNX default 1, torch default: torch's own).
     ``layers``: ``"last"`` (the classic sentence embedding), ``"last+middle"`` or hidden-state indices
-    (:func:`resolve_layers`).
+    (:func:`resolve_layers`). A static encoder has no layers to choose (its table is distilled from the sentence
+    embedding) and ignores ``layers``.
     """
     kind, source = _parse_name(name)
     if kind == "sentence-transformers":
         return SentenceTransformerEncoder(
             source, max_tokens=max_tokens, head_tokens=head_tokens, threads=threads, layers=layers
         )
+    if kind == "static":
+        static = StaticEncoder.load(distill_static(source, cache_dir=cache_dir), threads=threads)
+        window = {"source": normalise_source(source), "max_tokens": max_tokens, "head_tokens": head_tokens}
+        if any(getattr(static.spec, k) != v for k, v in window.items()):
+            static = static.with_spec(**window)
+        return static
     directory = export_onnx(source, kind, cache_dir)
     enc = OnnxEncoder.load(directory, threads=threads)
     n_layers = int(read_encoder_json(directory)["onnx"]["n_layers"])
@@ -1069,4 +1299,6 @@ def load_encoder(directory: str | os.PathLike[str], threads: int | None = None) 
     spec = EncoderSpec.model_validate(read_encoder_json(directory)["spec"])
     if spec.kind == "sentence-transformers":
         return SentenceTransformerEncoder.from_spec(spec, threads=threads)
+    if spec.kind == "static":
+        return StaticEncoder.load(directory, threads=threads)
     return OnnxEncoder.load(directory, threads=threads)

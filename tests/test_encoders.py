@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fresh_process import encode_in_fresh_process
 from pydantic import ValidationError
 
 from router.encoders import (
@@ -27,7 +25,6 @@ from router.encoders import (
     window_token_ids,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 
 PROMPTS = [
     "A man is eating food.",
@@ -290,19 +287,9 @@ def test_torch_save_load_roundtrip(torch_enc: SentenceTransformerEncoder, tmp_pa
 def test_onnx_load_in_fresh_process_does_not_import_torch(int8_enc: OnnxEncoder, tmp_path: Path) -> None:
     int8_enc.save(tmp_path / "enc")
     expected = int8_enc.encode(["hello world"])[0]
-    code = (
-        "import sys, json\n"
-        "from router.encoders import load_encoder\n"
-        f"enc = load_encoder({str(tmp_path / 'enc')!r})\n"
-        "v = enc.encode(['hello world'])\n"
-        "heavy = [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules]\n"
-        "print(json.dumps({'heavy': heavy, 'v': v[0].tolist()}))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out["heavy"] == []
-    np.testing.assert_allclose(np.array(out["v"], dtype=np.float32), expected, atol=1e-6)
+    heavy, vector = encode_in_fresh_process(tmp_path / "enc", "hello world")
+    assert [m for m in heavy if m != "onnxruntime"] == []
+    np.testing.assert_allclose(vector, expected, atol=1e-6)
 
 
 def test_fingerprint_mismatch_is_a_clear_error(tmp_path: Path) -> None:
