@@ -496,6 +496,17 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _save_copy(source: Path, directory: Path, files: Sequence[str], spec: EncoderSpec, section: str) -> None:
+    """Save an encoder whose weights are files: copy ``files`` from ``source`` into ``directory``, then write
+    encoder.json (the spec and the source's ``section`` metadata) last, so a complete encoder.json means a complete
+    directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        _copy_atomic(source / name, directory / name)
+    meta = read_encoder_json(source).get(section, {})
+    _write_json_atomic(directory / ENCODER_JSON, {"spec": spec.model_dump(mode="json"), section: meta})
+
+
 def _saved_spec(directory: Path, kinds: Sequence[str], what: str, weights: str, verify: bool) -> EncoderSpec:
     """The spec of a saved encoder directory of one of ``kinds``, checked complete (``weights`` + tokenizer); with
     ``verify``, ``weights`` must match the recorded artifact digest."""
@@ -809,12 +820,7 @@ class OnnxEncoder:
 
     def save(self, directory: Path) -> None:
         """Copy model.onnx and tokenizer.json into ``directory``, then write encoder.json (last)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        for name in (ONNX_FILE, TOKENIZER_FILE):
-            _copy_atomic(self.directory / name, directory / name)
-        meta = read_encoder_json(self.directory).get("onnx", {})
-        _write_json_atomic(directory / ENCODER_JSON, {"spec": self.spec.model_dump(mode="json"), "onnx": meta})
+        _save_copy(self.directory, Path(directory), (ONNX_FILE, TOKENIZER_FILE), self.spec, "onnx")
 
 
 # --- export -----------------------------------------------------------------------------------------------------
@@ -1103,12 +1109,7 @@ class StaticEncoder:
 
     def save(self, directory: Path) -> None:
         """Copy the token table and tokenizer.json into ``directory``, then write encoder.json (last)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        for name in (STATIC_FILE, TOKENIZER_FILE):
-            _copy_atomic(self.directory / name, directory / name)
-        meta = read_encoder_json(self.directory).get("static", {})
-        _write_json_atomic(directory / ENCODER_JSON, {"spec": self.spec.model_dump(mode="json"), "static": meta})
+        _save_copy(self.directory, Path(directory), (STATIC_FILE, TOKENIZER_FILE), self.spec, "static")
 
 
 def static_cache_dir(cache_dir: Path | None = None) -> Path:
