@@ -1049,9 +1049,10 @@ class StaticEncoder:
     the mean of its tokens' rows in a ``[vocab, dim]`` table, L2-normalised.
 
     The table (:func:`distill_static`) holds every vocabulary token embedded alone by the model, reduced by PCA
-    and down-weighted by a Zipf estimate of its frequency (frequent tokens say little). It sees the same head +
-    tail token window as the transformer; no neural network runs at encode time (tokenizers + numpy only), at
-    about 0.03 ms per prompt. The table and the tokenizer are saved with the bundle, like an ONNX model.
+    and down-weighted by a Zipf estimate of its frequency from its vocabulary rank (frequent tokens say little; a
+    rough estimate: BERT's ids are only loosely frequency-ordered). It sees the same head + tail token window as
+    the transformer; no neural network runs at encode time (tokenizers + numpy only): after tokenisation, a prompt
+    costs a table lookup and a mean. The table and the tokenizer are saved with the bundle, like an ONNX model.
     """
 
     def __init__(self, directory: Path, spec: EncoderSpec, *, threads: int | None = None) -> None:
@@ -1143,7 +1144,8 @@ def _distil_table(vectors: np.ndarray, vocab_size: int, token_ids: np.ndarray, d
     Tokens not distilled keep a zero row."""
     x = vectors.astype(np.float64)
     x -= x.mean(axis=0)
-    dims = min(dims, x.shape[1], x.shape[0])
+    if not 0 < dims <= min(x.shape):
+        raise EncoderError(f"cannot reduce {x.shape[0]} token vectors of {x.shape[1]} dimensions to {dims}")
     _, _, vt = np.linalg.svd(x, full_matrices=False)
     comp = vt[:dims]
     comp *= np.where(comp[np.arange(dims), np.abs(comp).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]  # fixed signs

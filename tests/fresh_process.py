@@ -25,6 +25,7 @@ def encode_in_fresh_process(directory: Path, text: str) -> tuple[list[str], np.n
         "print(json.dumps({'heavy': heavy, 'v': v[0].tolist()}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     return out["heavy"], np.array(out["v"], dtype=np.float32)

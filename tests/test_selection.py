@@ -49,19 +49,24 @@ def test_a_clearly_better_candidate_is_chosen_on_a_large_log() -> None:
 
 def test_a_small_win_within_noise_falls_back_to_the_reference() -> None:
     d = _log(150, seed=3)
-    rng = np.random.default_rng(7)
-    # the reference plus a little noise: on 150 prompts its point AIQ may be higher, but never significantly
-    noisy = np.clip(d["informed"] + rng.normal(0, 0.03, d["informed"].shape), 0, 1)
-    sc = score_candidates({"ref": d["informed"], "noisy": noisy}, d["score"], d["cost"], d["acc"],
-                          row_costs=d["row_costs"], n_boot=200)
-    sel = sc.select("ref", level=0.05)
-    assert sel.chosen == "ref"
+    # the reference plus a little noise: on 150 prompts its point AIQ may come out higher, but never significantly.
+    # Take the first noise draw whose point estimate beats the reference, so the fallback itself is exercised.
+    for draw in range(100):
+        rng = np.random.default_rng(draw)
+        noisy = np.clip(d["informed"] + rng.normal(0, 0.03, d["informed"].shape), 0, 1)
+        sc = score_candidates({"ref": d["informed"], "noisy": noisy}, d["score"], d["cost"], d["acc"],
+                              row_costs=d["row_costs"], n_boot=200)
+        sel = sc.select("ref", level=0.05)
+        if sel.best == "noisy":
+            break
+    else:
+        raise AssertionError("no noise draw beat the reference's point AIQ")
+    assert sel.aiq["noisy"] > sel.aiq["ref"]
+    assert sel.chosen == "ref" and "within noise" in sel.reason
     assert sel.diff_lower["noisy"] < 0 < sel.diff_upper["noisy"]
-    if sel.best == "noisy":  # the point estimate favoured the noise: the fallback applied and says so
-        assert "within noise" in sel.reason
     # with the level at the median, the bootstrap no longer protects the reference: the point estimate decides
     loose = sc.select("ref", level=0.5)
-    assert loose.chosen == loose.best
+    assert loose.chosen == loose.best == "noisy"
 
 
 def test_bootstrap_is_paired_and_seeded() -> None:

@@ -287,6 +287,8 @@ def out_of_fold(prepared: Any, config: Any, fold: np.ndarray, *, progress: bool 
     if fold.shape != (len(lab),):
         raise ValueError(f"fold has shape {fold.shape}; expected one fold per prompt ({len(lab)})")
     usable = split != "test"
+    if not np.issubdtype(fold.dtype, np.integer):
+        raise ValueError(f"fold must hold an integer fold per prompt, got dtype {fold.dtype}")
     ks = np.unique(fold[usable])
     if ks.size < 2:
         raise ValueError(f"need at least two folds among the non-test prompts, got {ks.tolist()}")
