@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
 
@@ -983,6 +983,26 @@ def _int8_fidelity(fp32_dir: Path, int8_dir: Path) -> float:
     return float((a * b).sum(axis=1).min())
 
 
+def _build_cache_entry(final: Path, build: Callable[[Path], None]) -> Path:
+    """Build a cache entry (a saved encoder directory) in a temporary sibling folder with ``build`` and rename it
+    into place, so a killed build leaves no half-written entry and concurrent builders do not clash (a lost race is
+    fine once the winner's entry is complete)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / ENCODER_JSON).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
 def export_onnx(source: str, kind: str = "onnx-int8", cache_dir: Path | None = None) -> Path:
     """Directory of a cached ONNX export of ``source`` (exporting / quantising on first use).
 
@@ -999,9 +1019,8 @@ def export_onnx(source: str, kind: str = "onnx-int8", cache_dir: Path | None = N
     if (final / ENCODER_JSON).is_file():
         return final
     fp32_dir = export_onnx(source, "onnx-fp32", cache_dir) if kind == "onnx-int8" else None
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+
+    def build(tmp: Path) -> None:
         t0 = time.perf_counter()
         if fp32_dir is None:
             meta = _export_fp32(source, tmp)
@@ -1020,16 +1039,8 @@ def export_onnx(source: str, kind: str = "onnx-int8", cache_dir: Path | None = N
             if cos < 0.98:
                 log.warning("int8 encoder: min cosine vs fp32 on probe prompts is %.4f", cos)
         log.info("built %s encoder for %s in %.1fs", kind, source, meta["build_seconds"])
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / ENCODER_JSON).is_file():  # someone else won the race only if final is complete
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+
+    return _build_cache_entry(final, build)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1184,9 +1195,8 @@ def distill_static(
     final = root / f"{fp}-d{dims}{'' if vocab_limit is None else f'-v{vocab_limit}'}-s{STATIC_VERSION}"
     if (final / ENCODER_JSON).is_file():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+
+    def build(tmp: Path) -> None:
         t0 = time.perf_counter()
         path = model_dir / TOKENIZER_FILE
         if not path.is_file():
@@ -1219,16 +1229,8 @@ def distill_static(
         }
         _write_json_atomic(tmp / ENCODER_JSON, {"spec": spec.model_dump(mode="json"), "static": meta})
         log.info("distilled a static encoder from %s in %.1fs", source, meta["build_seconds"])
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / ENCODER_JSON).is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+
+    return _build_cache_entry(final, build)
 
 
 # ----------------------------------------------------------------------------------------------------------------

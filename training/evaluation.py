@@ -9,7 +9,7 @@ the champion / challenger comparison (:mod:`training.promotion`) fair.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -153,7 +153,7 @@ def tasks_for(prompts: pd.DataFrame, known_task: bool) -> list[str | None] | Non
     return task_names(prompts["task"].tolist())
 
 
-__all__: Sequence[str] = (
+__all__ = [
     "EvalSet",
     "evaluate_model",
     "knob_sweep",
@@ -161,4 +161,4 @@ __all__: Sequence[str] = (
     "model_proba",
     "tasks_for",
     "two_tier_score",
-)
+]
