@@ -95,11 +95,7 @@ def train_default_model(store: str) -> str:
 def in_process(model_uri: str, tracking_uri: str | None, n_short: int, n_long: int) -> dict[str, object]:
     from router.core import Router
 
-    r = Router.load(model_uri, tracking_uri=tracking_uri)
-    if r.bundle_dir is not None:
-        from router.service import _remove_download
-
-        _remove_download(Path(r.bundle_dir))  # the model is in memory; do not leave the download in /tmp
+    r = Router.load(model_uri, tracking_uri=tracking_uri)  # deletes its download: the model is in memory
     rng = random.Random(1)
     for i in range(20):
         r.route(make_prompt(rng, -i, SHORT_WORDS))

@@ -54,18 +54,20 @@ ROUTELLM: dict[str, str] = {
 
 # Variants measured for the README's "what did not help" (each a TrainConfig override of the defaults).
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "default (linear layout, utility rule)": {},
+    "default (per-log selection, utility rule)": {},
+    "linear layout pinned (the selection's fallback)": {"layout": "linear"},
+    "blend layout pinned": {"layout": "blend"},
     "mean tier costs instead of per-prompt costs": {"prompt_costs": False},
     "threshold rule instead of utility": {"decision_rule": "threshold"},
     "LightGBM per_tier layout": {"layout": "per_tier"},
     "LightGBM stacked layout": {"layout": "stacked"},
     "previous default (LightGBM stacked + threshold rule)": {"layout": "stacked", "decision_rule": "threshold"},
     "task predicted from the prompt, not named by the caller": {"eval_known_task": False},
-    "k-means groups instead of the task column": {"task_groups": False},
+    "k-means groups instead of the task column": {"layout": "linear", "task_groups": False},
     "no structural features": {"structural_features": False},
-    "fit on train only, knob on the calibration split": {"oof_knob": False},
-    "Platt calibration per tier": {"calibration": "sigmoid"},
-    "isotonic calibration": {"calibration": "isotonic"},
+    "fit on train only, knob on the calibration split": {"layout": "linear", "oof_knob": False},
+    "Platt calibration per tier": {"layout": "linear", "calibration": "sigmoid"},
+    "isotonic calibration": {"layout": "linear", "calibration": "isotonic"},
     "encoder window: no head tokens (tail only)": {"encoder_head_tokens": 0},
     "encoder: last layer only (no middle layer)": {"encoder_layers": "last"},
 }
@@ -91,8 +93,12 @@ def run_one(name: str, shared_dir: Path, config: TrainConfig) -> dict[str, Any]:
             "n_fit": float(split.get("train", 0)),
             "n_calibration": float(split.get("calibration", 0)),
             "seconds": time.perf_counter() - t0,
+            "layout": fitted.config.layout,
         }
     )
+    if fitted.selection is not None:
+        m["selection_reason"] = fitted.selection.reason
+        m.update(fitted.selection.metrics())
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
 
 
@@ -106,7 +112,8 @@ def _num(x: float | None, digits: int = 3) -> str:
 
 def results_table(results: dict[str, dict[str, Any]]) -> str:
     header = [
-        "dataset", "n train / test", "zero AIQ", "oracle AIQ", "tierwise AIQ", "gap closed: tierwise / kNN",
+        "dataset", "layout (per-log selection)", "n train / test", "zero AIQ", "oracle AIQ", "tierwise AIQ",
+        "gap closed: tierwise / kNN",
         "cost @95% / @100% of best tier", "APGR / CPT50 / CPT80 (tier 0 vs top)",
         "reference (issue): kNN gap / LightGBM gap / LightGBM cost @95% / APGR kNN, LightGBM",
         "RouteLLM published¹",
@@ -125,6 +132,7 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
             two_tier += "²"
         rows.append([
             QD.DATASETS[name].title,
+            str(m.get("layout", "-")),
             f"{int(m['n_train'])} / {int(m['n_test'])}",
             _num(m["aiq_zero"]),
             _num(m["aiq_oracle"]),

@@ -80,7 +80,9 @@ def split_group(prompt_id: str) -> str:
     return prompt_id
 
 
-def seeded_split(prompt_ids: pd.Series, test_fraction: float = ROUTELLM_TEST_FRACTION, seed: int = ROUTELLM_SPLIT_SEED) -> pd.Series:
+def seeded_split(
+    prompt_ids: pd.Series, test_fraction: float = ROUTELLM_TEST_FRACTION, seed: int = ROUTELLM_SPLIT_SEED
+) -> pd.Series:
     """``train`` / ``test`` per row from a seeded SHA-1 of the prompt's split group (machine independent)."""
     groups = prompt_ids.astype(str).map(split_group)
     u = groups.map(lambda g: int.from_bytes(hashlib.sha1(f"{seed}:{g}".encode()).digest()[:8], "big") / 2.0**64)

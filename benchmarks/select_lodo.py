@@ -42,7 +42,6 @@ import pandas as pd  # noqa: E402
 import quality_data as QD  # noqa: E402
 from cv_features import fold_of_prompt  # noqa: E402
 
-import router.classifier as RC  # noqa: E402
 from training.pipeline import TrainConfig, prepare_data  # noqa: E402
 from training.selection import CandidateScores, blend, out_of_fold, score_candidates  # noqa: E402
 
@@ -52,49 +51,40 @@ REPO = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Candidate:
-    """A candidate router: TrainConfig overrides (plus, for research, the linear layout's group-prior shrinkage,
-    a module constant today), or the mean of other candidates' probabilities."""
+    """A candidate router: TrainConfig overrides, or the mean of other candidates' probabilities."""
 
     name: str
     overrides: dict[str, Any] = field(default_factory=dict)
-    group_shrink: float | None = None
     blend_of: tuple[str, ...] = ()
     concat_static: bool = False
     """Research: the embedding is the default encoder's and the static encoder's vectors concatenated."""
 
 
+LINEAR = {"layout": "linear"}
 CANDIDATES: dict[str, Candidate] = {
     c.name: c
     for c in (
-        Candidate("linear"),
+        Candidate("linear", LINEAR),
         Candidate("per_tier", {"layout": "per_tier"}),
         Candidate("blend", blend_of=("linear", "per_tier")),
-        Candidate("linear-shrink3", group_shrink=3.0),
-        Candidate("linear-shrink30", group_shrink=30.0),
-        Candidate("linear-shrink100", group_shrink=100.0),
-        Candidate("linear-static", {"encoder": "minilm-static"}),
+        # the product's blend layout: linear + out-of-fold-calibrated trees in one bundle
+        Candidate("blend-layout", {"layout": "blend"}),
+        # the product's default: per-log selection among linear, per_tier and blend inside every fold's fit
+        Candidate("auto", {}),
+        Candidate("linear-shrink3", {**LINEAR, "group_shrink": 3.0}),
+        Candidate("linear-shrink30", {**LINEAR, "group_shrink": 30.0}),
+        Candidate("linear-shrink100", {**LINEAR, "group_shrink": 100.0}),
+        Candidate("linear-static", {**LINEAR, "encoder": "minilm-static"}),
         Candidate("per_tier-static", {"encoder": "minilm-static", "layout": "per_tier"}),
         Candidate("blend-static", blend_of=("linear-static", "per_tier-static")),
         Candidate("blend-linear-encoders", blend_of=("linear", "linear-static")),
         Candidate("blend4", blend_of=("linear", "per_tier", "linear-static", "per_tier-static")),
-        Candidate("linear-both", concat_static=True),
+        Candidate("linear-both", LINEAR, concat_static=True),
         Candidate("per_tier-both", {"layout": "per_tier"}, concat_static=True),
         Candidate("blend-both", blend_of=("linear-both", "per_tier-both")),
     )
 }
 DEFAULT = "linear"
-
-
-@contextlib.contextmanager
-def group_shrink(value: float | None) -> Iterator[None]:
-    """Research only: the linear layout's GROUP_SHRINK for one fit (TrainConfig has no field for it yet)."""
-    old = RC.GROUP_SHRINK
-    if value is not None:
-        RC.GROUP_SHRINK = float(value)
-    try:
-        yield
-    finally:
-        RC.GROUP_SHRINK = old
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -171,13 +161,13 @@ def fit_dataset(
     if todo:
         df, catalog = QD.DATASETS[name].load(shared)
         df = df[df["split"] != "test"].copy()  # the dataset's test split is never looked at
-        prepared = prepare_data(df.assign(split="train"), catalog, config=TrainConfig())
+        prepared = prepare_data(df.assign(split="train"), catalog, config=TrainConfig(**LINEAR))
         lab = prepared.labelled
         fold = fold_of_prompt(pd.DataFrame({"prompt_id": lab.prompts.index.astype(str)}), seed, folds).to_numpy()
         labels_file.parent.mkdir(parents=True, exist_ok=True)
         for c in todo:
             cand = CANDIDATES[c]
-            with group_shrink(cand.group_shrink), _concat_encoder(cand.concat_static):
+            with _concat_encoder(cand.concat_static):
                 oof = out_of_fold(prepared, TrainConfig(**cand.overrides), fold)
             pid = np.asarray(lab.prompts.index.astype(str))[oof.rows].astype(str)
             print(f"  {name}: {c} fitted on {folds} folds in {oof.seconds:.0f}s", file=sys.stderr, flush=True)
@@ -289,11 +279,11 @@ def _pct(x: float) -> str:
 def tables(oofs: dict[str, Oof], names: list[str], pols: list[Policy], res: dict[str, Any], ship: Policy) -> str:
     ds = list(oofs)
     title = {d: QD.DATASETS[d].title for d in ds}
-    head = ["dataset", "OOF prompts", f"today's default ({DEFAULT}): pooled / mean of folds"]
+    head = ["dataset", "OOF prompts", f"{DEFAULT} (the previous default, selection's fallback): pooled / mean of folds"]
     head += [c for c in names if c != DEFAULT]
     head += [
         f"per-log selection ({ship.label()})",
-        "leave-one-dataset-out: policy chosen on the other steering datasets → figure (minus today's default)",
+        "leave-one-dataset-out: policy chosen on the other steering datasets → figure (minus {DEFAULT})",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for d in ds:

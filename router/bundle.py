@@ -14,9 +14,6 @@ half-written bundle behind.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from router.atomic_io import build_dir_atomic
 from router.catalog import Catalog
 
 BUNDLE_FORMAT = 1
@@ -63,26 +61,14 @@ class BundleError(RuntimeError):
 
 def write_bundle(directory: str | Path, meta: BundleMeta, writers: dict[str, Callable[[Path], None]]) -> Path:
     """Write a bundle atomically: ``writers`` maps a sub-directory name to a function that fills it."""
-    final = Path(directory)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         for sub, write in writers.items():
             (tmp / sub).mkdir()
             write(tmp / sub)
         (tmp / META_FILE).write_text(meta.model_dump_json(indent=1), encoding="utf-8")
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+
+    return build_dir_atomic(Path(directory), build)
 
 
 def read_meta(directory: str | Path) -> BundleMeta:

@@ -39,10 +39,10 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from router import pricing
 from router.atomic_io import write_text_atomic
 from router.limits import MAX_TOKENS  # one bound on token counts for feedback, logs and catalogs
-from router.numbers import Integer, Number
-from router.schemas import number_message, whole_number
+from router.numbers import Integer, Number, number_message, whole_number
 
 DEFAULT_CATALOG_PATH = Path(__file__).resolve().parent.parent / "models" / "catalog.yaml"
 CATALOG_SIDECAR_SUFFIX = ".catalog.yaml"
@@ -103,11 +103,18 @@ class Tier(BaseModel):
         return self.input_usd_per_1m is not None and self.output_usd_per_1m is not None
 
     def price_usd(self, input_tokens: float, output_tokens: float, batch: bool = False) -> float:
-        """USD for one call with the given token counts (list price, or batch price when ``batch``)."""
-        if not self.has_prices:
+        """USD for one call with the given token counts (list price, or batch price when ``batch``; the formula is
+        :func:`router.pricing.usd`). Raises CatalogError when the tier has no prices."""
+        if self.input_usd_per_1m is None or self.output_usd_per_1m is None:
             raise CatalogError(f"tier {self.name!r} (model {self.model!r}) has no prices in the catalog")
-        usd = (input_tokens * self.input_usd_per_1m + output_tokens * self.output_usd_per_1m) / 1e6
-        return usd * (1.0 - self.batch_discount) if batch else usd
+        return pricing.usd(
+            input_tokens,
+            output_tokens,
+            self.input_usd_per_1m,
+            self.output_usd_per_1m,
+            batch_discount=self.batch_discount,
+            batch=batch,
+        )
 
 
 class Acceptability(BaseModel):

@@ -1,7 +1,7 @@
 """Per-tier acceptability classifier: P(tier t answers this prompt acceptably), for every tier.
 
 scikit-learn's estimator shape (``fit`` / ``predict_proba``) and a per-tier probability calibration fitted on a
-separate calibration split. Three layouts:
+separate calibration split. Four layouts:
 
 * ``linear`` (default): a shrunken, two-part model that suits small, noisy routing logs (one sample per prompt
   and tier, so outcomes are mostly noise around a per-task rate):
@@ -21,6 +21,10 @@ separate calibration split. Three layouts:
 * ``stacked``: one LightGBM model over (prompt features, tier index) rows, so tiers share what they have in
   common and a tier with few observations borrows strength from the others.
 * ``per_tier``: one LightGBM model per tier.
+* ``blend``: the mean of the ``linear`` layout's probabilities and the ``per_tier`` layout's, the latter
+  calibrated per tier (Platt) on its own out-of-fold predictions. The two see different signal (a shrunken linear
+  model of the embedding and trees over it); on some logs their mean beats both. Its fit keeps each component's
+  out-of-fold probabilities (:attr:`TierClassifier.component_oof_`), which per-log model selection scores.
 
 Everything is saved as text/JSON (LightGBM model strings, linear weights, calibration parameters): no pickles.
 """
@@ -37,8 +41,12 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-Layout = Literal["linear", "stacked", "per_tier"]
-LAYOUTS = ("linear", "stacked", "per_tier")
+from router.defaults import LAYOUT, default_calibration
+
+Layout = Literal["linear", "stacked", "per_tier", "blend"]
+LAYOUTS = ("linear", "stacked", "per_tier", "blend")
+LINEAR_LAYOUTS = ("linear", "blend")
+"""Layouts with a linear part (group prior, tasks a caller can name, out-of-fold probabilities)."""
 
 # linear layout: fixed, data-independent settings (chosen by cross-validation on the train parts of the benchmarks)
 LINEAR_C = 0.3  # inverse L2 strength of the per-tier logistic regressions (features: unit-norm embedding + ...)
@@ -116,9 +124,11 @@ class TierClassifier:
 
     Args:
         n_tiers: number of tiers (catalog order, cheapest first).
-        layout: ``stacked`` (one model, tier as a feature) or ``per_tier`` (one model per tier).
+        layout: ``linear`` (default, :data:`router.defaults.LAYOUT`), ``blend``, ``stacked`` (one LightGBM model,
+            tier as a feature) or ``per_tier`` (one LightGBM model per tier).
         n_estimators: boosting rounds.
-        calibration: probability calibration fitted in :meth:`calibrate`.
+        calibration: probability calibration fitted in :meth:`calibrate`; unset: the layout's default
+            (:func:`router.defaults.default_calibration`: none for linear and blend, sigmoid for LightGBM).
         params: LightGBM parameters overriding :data:`DEFAULT_LGBM_PARAMS`.
         random_state: seed for LightGBM's bagging and feature sampling, k-means and the out-of-fold splits.
         n_embedding: ``linear`` layout: the first ``n_embedding`` feature columns are a unit-norm embedding (used
@@ -126,30 +136,38 @@ class TierClassifier:
         n_bags: ``linear`` layout: how many fits with seeds ``random_state, random_state + 1, ...`` to average.
             The seed decides the out-of-fold partition the stackers learn from and the k-means groups of a log
             without tasks; on small logs one fit's figures moved by a few points with it, an average far less.
+        group_shrink: ``linear`` layout: pseudo-observations pulling each group's success rate towards the tier's
+            overall rate (:data:`GROUP_SHRINK`).
+
+    The ``linear`` and ``blend`` layouts also take ``groups`` in :meth:`fit` and keep the training rows'
+    out-of-fold probabilities in :attr:`oof_proba_`.
     """
 
     def __init__(
         self,
         n_tiers: int,
         *,
-        layout: Layout = "stacked",
+        layout: Layout = LAYOUT,
         n_estimators: int = 300,
-        calibration: CalibrationKind = "sigmoid",
+        calibration: CalibrationKind | None = None,
         params: dict[str, Any] | None = None,
         random_state: int = 0,
         n_embedding: int | None = None,
         n_bags: int = LINEAR_BAGS,
+        group_shrink: float = GROUP_SHRINK,
     ) -> None:
         if n_tiers < 1:
             raise ValueError("n_tiers must be >= 1")
         if n_bags < 1:
             raise ValueError("n_bags must be >= 1")
+        if isinstance(group_shrink, bool) or not (np.isfinite(group_shrink) and group_shrink >= 0):
+            raise ValueError(f"group_shrink must be a finite number >= 0, got {group_shrink!r}")
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
         self.n_tiers = n_tiers
         self.layout: Layout = layout
         self.n_estimators = n_estimators
-        self.calibration: CalibrationKind = calibration
+        self.calibration: CalibrationKind = default_calibration(layout) if calibration is None else calibration
         self.params = {**DEFAULT_LGBM_PARAMS, **(params or {}), "seed": random_state}
         self.random_state = random_state
         self.boosters_: list[lgb.Booster | None] = []
@@ -158,11 +176,17 @@ class TierClassifier:
         self.n_features_: int | None = None
         self.n_embedding = n_embedding
         self.n_bags = n_bags
+        self.group_shrink = float(group_shrink)
         self.linear_: dict[str, Any] = {}
         """``linear`` layout, after :meth:`fit`: ``{"bags": [parameters of each fit]}``."""
+        self.blend_calibrators_: list[Calibrator] = []
+        """``blend`` layout: the per-tier calibration of the LightGBM part (fitted on its out-of-fold predictions)."""
         self.oof_proba_: np.ndarray | None = None
-        """``linear`` layout, after :meth:`fit`: uncalibrated out-of-fold P(acceptable) ``[n, T]`` of the training
-        rows (each row's components come from models fitted without it); not saved."""
+        """``linear`` and ``blend`` layouts, after :meth:`fit`: out-of-fold P(acceptable) ``[n, T]`` of the training
+        rows before :meth:`calibrate` (each row's from models fitted without it); not saved."""
+        self.component_oof_: dict[str, np.ndarray] = {}
+        """``blend`` layout, after :meth:`fit`: the out-of-fold probabilities of its parts, ``linear`` and
+        ``per_tier`` (the latter calibrated like the blend's), for per-log model selection; not saved."""
 
     # --- layout helpers ------------------------------------------------------------------------------------
     def _stack(self, X: np.ndarray) -> np.ndarray:
@@ -185,14 +209,22 @@ class TierClassifier:
         self.n_features_ = X.shape[1]
         observed = ~np.isnan(Y)
         self.priors_ = [float(np.nanmean(Y[:, t])) if observed[:, t].any() else 0.5 for t in range(self.n_tiers)]
-        if self.layout == "linear":
+        self.component_oof_ = {}
+        if self.layout in LINEAR_LAYOUTS:
             self.boosters_ = []
             priors = np.asarray(self.priors_)
-            fits = [_fit_linear(X, Y, groups, self.n_embedding, priors, self.random_state)]
+            shrink = self.group_shrink
+            fits = [_fit_linear(X, Y, groups, self.n_embedding, priors, self.random_state, group_shrink=shrink)]
             for b in range(1, self.n_bags):  # the seed-free full-data parts are fitted once
-                fits.append(_fit_linear(X, Y, groups, self.n_embedding, priors, self.random_state + b, fits[0][0]))
+                fits.append(
+                    _fit_linear(
+                        X, Y, groups, self.n_embedding, priors, self.random_state + b, fits[0][0], group_shrink=shrink
+                    )
+                )
             self.linear_ = {"bags": [params for params, _ in fits]}
             self.oof_proba_ = np.mean([oof for _, oof in fits], axis=0)
+            if self.layout == "blend":
+                self._fit_blend_trees(X, Y, observed)
         elif self.layout == "stacked":
             Xs, ys = self._stack(X), Y.reshape(-1)
             keep = ~np.isnan(ys)
@@ -200,10 +232,49 @@ class TierClassifier:
             init = np.tile(self._prior_logits(), X.shape[0])[keep]
             self.boosters_ = [self._train(Xs[keep], ys[keep], categorical=[Xs.shape[1] - 1], init_score=init)]
         else:
-            self.boosters_ = [
-                self._train(X[observed[:, t]], Y[observed[:, t], t], categorical=None) for t in range(self.n_tiers)
-            ]
+            self.boosters_ = self._fit_per_tier(X, Y, observed)
         return self
+
+    def _fit_per_tier(self, X: np.ndarray, Y: np.ndarray, observed: np.ndarray) -> list[lgb.Booster | None]:
+        return [self._train(X[observed[:, t]], Y[observed[:, t], t], categorical=None) for t in range(self.n_tiers)]
+
+    def _per_tier_raw(self, boosters: Sequence[lgb.Booster | None], X: np.ndarray, **kw: Any) -> np.ndarray:
+        out = np.empty((X.shape[0], self.n_tiers))
+        for t, b in enumerate(boosters):
+            out[:, t] = self.priors_[t] if b is None else b.predict(X, **kw)
+        return out
+
+    def _fit_blend_trees(self, X: np.ndarray, Y: np.ndarray, observed: np.ndarray) -> None:
+        """``blend`` layout: the LightGBM part's out-of-fold predictions (folds drawn like the linear part's),
+        a Platt calibration per tier fitted on them, and the boosters refitted on every row."""
+        assert self.oof_proba_ is not None
+        fold = np.random.default_rng(self.random_state).integers(0, OOF_FOLDS, size=X.shape[0])
+        raw = np.tile(np.asarray(self.priors_, dtype=float), (X.shape[0], 1))
+        for j in range(OOF_FOLDS):
+            a, b = fold != j, fold == j
+            if b.any() and a.sum() >= 2:
+                raw[b] = self._per_tier_raw(self._fit_per_tier(X[a], Y[a], observed[a]), X[b])
+        self.blend_calibrators_ = [
+            Calibrator.fit("sigmoid", raw[observed[:, t], t], Y[observed[:, t], t]) for t in range(self.n_tiers)
+        ]
+        trees = np.column_stack([c(raw[:, t]) for t, c in enumerate(self.blend_calibrators_)])
+        self.component_oof_ = {"linear": self.oof_proba_, "per_tier": trees}
+        self.oof_proba_ = (self.oof_proba_ + trees) / 2.0
+        self.boosters_ = self._fit_per_tier(X, Y, observed)
+
+    def linear_part(self) -> TierClassifier:
+        """``blend`` layout: its linear part as a ``linear``-layout classifier (the same fitted parameters and
+        out-of-fold probabilities; no calibration), as if fitted alone with the same arguments."""
+        if self.layout != "blend" or not self.linear_:
+            raise ValueError("linear_part needs a fitted blend-layout classifier")
+        out = TierClassifier(
+            self.n_tiers, layout="linear", n_estimators=self.n_estimators, calibration="none", params=self.params,
+            random_state=self.random_state, n_embedding=self.n_embedding, n_bags=self.n_bags,
+            group_shrink=self.group_shrink,
+        )
+        out.n_features_, out.priors_, out.linear_ = self.n_features_, list(self.priors_), self.linear_
+        out.oof_proba_ = self.component_oof_.get("linear")
+        return out
 
     def _prior_logits(self) -> np.ndarray:
         return _logit(np.asarray(self.priors_, dtype=float))
@@ -228,7 +299,7 @@ class TierClassifier:
     def task_groups(self) -> list[str]:
         """The tasks the ``linear`` layout's group prior learned (the log's ``task`` values); empty when its
         groups are k-means clusters or for the LightGBM layouts. Only these tasks change a prediction."""
-        bags = self._bags() if self.layout == "linear" else []
+        bags = self._bags() if self.layout in LINEAR_LAYOUTS else []
         group = bags[0]["group"] if bags else None
         return [c for c in group["classes"] if c] if group and group.get("kind") == "task" else []
 
@@ -243,21 +314,23 @@ class TierClassifier:
             raise RuntimeError("TierClassifier is not fitted")
         if X.shape[1] != self.n_features_:
             raise ValueError(f"expected {self.n_features_} features, got {X.shape[1]}")
-        kw = {"num_threads": num_threads} if num_threads else {}
+        kw: dict[str, Any] = {"num_threads": num_threads} if num_threads else {}
         n = X.shape[0]
-        if self.layout == "linear":
+        if self.layout in LINEAR_LAYOUTS:
             groups = _check_groups(groups, n)
-            return np.mean([_sigmoid(_linear_logits(params, X, groups)) for params in self._bags()], axis=0)
+            lin = np.mean([_sigmoid(_linear_logits(params, X, groups)) for params in self._bags()], axis=0)
+            if self.layout == "linear":
+                return lin
+            raw = self._per_tier_raw(self.boosters_, X, **kw)
+            trees = np.column_stack([c(raw[:, t]) for t, c in enumerate(self.blend_calibrators_)])
+            return (lin + trees) / 2.0
         if self.layout == "stacked":
             b = self.boosters_[0]
             if b is None:
                 return np.tile(np.asarray(self.priors_), (n, 1))
-            margin = b.predict(self._stack(X), raw_score=True, **kw).reshape(n, self.n_tiers)
+            margin = np.asarray(b.predict(self._stack(X), raw_score=True, **kw)).reshape(n, self.n_tiers)
             return _sigmoid(margin + self._prior_logits()[None, :])
-        out = np.empty((n, self.n_tiers))
-        for t, b in enumerate(self.boosters_):
-            out[:, t] = self.priors_[t] if b is None else b.predict(X, **kw)
-        return out
+        return self._per_tier_raw(self.boosters_, X, **kw)
 
     def reference_proba(
         self, X: np.ndarray, groups: Sequence[str | None] | None = None
@@ -268,7 +341,7 @@ class TierClassifier:
         X = np.asarray(X)
         n = 1 if X.ndim == 1 else X.shape[0]
         out = {"base_rates": np.tile(np.asarray(self.priors_, dtype=float), (n, 1))}
-        if self.layout == "linear":
+        if self.layout in LINEAR_LAYOUTS:
             out["group_prior"] = self.predict_group_prior(X, groups)
         return out
 
@@ -276,8 +349,8 @@ class TierClassifier:
         """``linear`` layout: P(acceptable) ``[n, T]`` from the group prior alone (task or cluster success rates,
         weighted by P(group | prompt), or the named task's rates), without the per-prompt model; shows how much
         the latter adds."""
-        if self.layout != "linear" or not self.linear_:
-            raise ValueError("predict_group_prior needs a fitted linear-layout classifier")
+        if self.layout not in LINEAR_LAYOUTS or not self.linear_:
+            raise ValueError("predict_group_prior needs a fitted linear- or blend-layout classifier")
         X = np.asarray(X, dtype=np.float64)
         if X.ndim == 1:
             X = X[None, :]
@@ -316,7 +389,7 @@ class TierClassifier:
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        files = []
+        files: list[str | None] = []
         for i, b in enumerate(self.boosters_):
             if b is None:
                 files.append(None)
@@ -337,6 +410,8 @@ class TierClassifier:
             "calibrators": [c.__dict__ for c in self.calibrators_],
             "n_embedding": self.n_embedding,
             "linear": self.linear_,
+            "group_shrink": self.group_shrink,
+            "blend_calibrators": [c.__dict__ for c in self.blend_calibrators_],
         }
         (d / "classifier.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
@@ -352,8 +427,10 @@ class TierClassifier:
             params=meta["params"],
             random_state=meta["random_state"],
             n_embedding=meta.get("n_embedding"),
+            group_shrink=meta.get("group_shrink", GROUP_SHRINK),
         )
         obj.linear_ = meta.get("linear") or {}
+        obj.blend_calibrators_ = [Calibrator(**c) for c in meta.get("blend_calibrators", [])]
         obj.n_bags = len(obj._bags()) or LINEAR_BAGS
         obj.n_features_ = meta["n_features"]
         obj.priors_ = meta["priors"]
@@ -458,14 +535,19 @@ def _linear_logits(
 
 
 def _fit_group_model(
-    Z: np.ndarray, Y: np.ndarray, groups: np.ndarray | None, priors: np.ndarray, seed: int
+    Z: np.ndarray,
+    Y: np.ndarray,
+    groups: np.ndarray | None,
+    priors: np.ndarray,
+    seed: int,
+    group_shrink: float = GROUP_SHRINK,
 ) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
 
     n = Z.shape[0]
     labels = None
     if groups is not None:
-        g = np.asarray(_task_labels(groups))
+        g: np.ndarray = np.asarray(_task_labels(list(groups)))
         if np.unique(g).size >= 2:
             labels = g
     if labels is not None:
@@ -490,7 +572,7 @@ def _fit_group_model(
         y = Y[member[:, j]]
         cnt = (~np.isnan(y)).sum(axis=0)
         hits = np.nansum(y, axis=0)
-        rates.append((hits + GROUP_SHRINK * priors) / (cnt + GROUP_SHRINK))
+        rates.append((hits + group_shrink * priors) / (cnt + group_shrink))
     model["rates"] = np.clip(np.asarray(rates), 1e-4, 1 - 1e-4).tolist()
     return model
 
@@ -547,6 +629,8 @@ def _fit_linear(
     priors: np.ndarray,
     seed: int,
     reuse: dict[str, Any] | None = None,
+    *,
+    group_shrink: float = GROUP_SHRINK,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """(parameters, out-of-fold probabilities of the training rows).
 
@@ -572,7 +656,7 @@ def _fit_linear(
         weight[n_emb:] = STRUCTURAL_WEIGHT if n_emb > 0 else 1.0
     params: dict[str, Any] = {"scale_mean": mean.tolist(), "scale_std": std.tolist(), "scale_weight": weight.tolist()}
     Z = _inputs(params, X)
-    g = None if groups is None else np.asarray(_task_labels(groups), dtype=object)
+    g = None if groups is None else np.array(_task_labels(list(groups)), dtype=object)
 
     # out-of-fold component logits for the stackers
     rng = np.random.default_rng(seed)
@@ -587,7 +671,7 @@ def _fit_linear(
         pr = np.clip(np.nan_to_num(np.nanmean(Y[a], axis=0), nan=0.5), 1e-4, 1 - 1e-4)
         part = {
             **params,
-            "group": _fit_group_model(Z[a], Y[a], None if g is None else g[a], pr, seed),
+            "group": _fit_group_model(Z[a], Y[a], None if g is None else g[a], pr, seed, group_shrink),
         }
         part["lr_coef"], part["lr_intercept"] = _fit_lr(Z[a], Y[a], pr)
         oof_prior[b], oof_lin[b] = _component_logits(part, Z[b])
@@ -598,7 +682,7 @@ def _fit_linear(
     if reuse is not None and reuse["group"]["kind"] == "task":
         params["group"] = reuse["group"]
     else:
-        params["group"] = _fit_group_model(Z, Y, g, np.clip(priors, 1e-4, 1 - 1e-4), seed)
+        params["group"] = _fit_group_model(Z, Y, g, np.clip(priors, 1e-4, 1 - 1e-4), seed, group_shrink)
     if reuse is not None:
         params["lr_coef"], params["lr_intercept"] = reuse["lr_coef"], reuse["lr_intercept"]
     else:

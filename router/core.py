@@ -12,10 +12,11 @@ import numbers
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,11 @@ from router.catalog import Catalog
 from router.classifier import TierClassifier
 from router.cost_model import CostModel
 from router.decision import ROLES, Reason, decide, decide_batch, escalation_path
+from router.defaults import LEGACY_DECISION_RULE
 from router.features import structural_features
+
+if TYPE_CHECKING:
+    from router.encoders import Encoder
 
 
 def check_threshold(threshold: object) -> float:
@@ -34,7 +39,7 @@ def check_threshold(threshold: object) -> float:
     are false, so the range test refuses it too)."""
     if isinstance(threshold, bool):
         raise ValueError("threshold must be a number, not true/false")
-    if not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
+    if not isinstance(threshold, numbers.Real) or not 0.0 <= cast(float, threshold) <= 1.0:
         raise ValueError(f"threshold must be a finite number in [0, 1], got {threshold!r}")
     return float(threshold)
 
@@ -76,7 +81,7 @@ class Router:
     def __init__(
         self,
         meta: BundleMeta,
-        encoder: object,
+        encoder: Encoder,
         classifier: TierClassifier,
         *,
         ref: ModelRef | None = None,
@@ -103,24 +108,37 @@ class Router:
         return cls(meta, encoder, clf, ref=ref or ModelRef(uri=str(bdir)), bundle_dir=bdir, num_threads=threads)
 
     @classmethod
-    def load(cls, uri_or_path: str | os.PathLike[str], *, tracking_uri: str | None = None, threads: int = 1) -> Router:
+    def load(
+        cls,
+        uri_or_path: str | os.PathLike[str],
+        *,
+        tracking_uri: str | None = None,
+        threads: int = 1,
+        on_download: Callable[[Router], None] | None = None,
+    ) -> Router:
         """Load a router from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a local directory.
 
         Registry URIs are resolved against ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI`` or tierwise's local
-        SQLite store).
+        SQLite store). ``on_download`` runs on a downloaded router before its files are deleted (the service warms
+        it up and copies the bundle there; it may point ``bundle_dir`` at the copy).
         """
         text = str(uri_or_path)
-        if Path(text).exists():
-            return cls.from_bundle(text, threads=threads)
-        if "://" not in text and not text.startswith("models:/") and not text.startswith("runs:/"):
+        local = local_model_dir(text)
+        if local is not None:
+            return cls.from_bundle(local, threads=threads)
+        if not is_remote_uri(text):
             raise FileNotFoundError(f"no such model directory or registry URI: {text}")
-        local, ref = download_model(text, tracking_uri=tracking_uri)
+        path, ref = download_model(text, tracking_uri=tracking_uri)
         try:
-            router = cls.from_bundle(local, threads=threads, ref=ref)
+            router = cls.from_bundle(path, threads=threads, ref=ref)
+            downloaded = router.bundle_dir
+            if on_download is not None:
+                on_download(router)
         finally:
-            # Everything is in memory now; the downloaded copy is not needed (the service keeps its own copy).
-            shutil.rmtree(download_root(local), ignore_errors=True)
-        router.bundle_dir = None
+            # Everything is in memory now; the downloaded copy is not needed.
+            shutil.rmtree(download_root(path), ignore_errors=True)
+        if router.bundle_dir == downloaded:
+            router.bundle_dir = None
         return router
 
     # --- properties ----------------------------------------------------------------------------------------
@@ -138,8 +156,9 @@ class Router:
 
     @property
     def decision_rule(self) -> str:
-        """``threshold`` or ``utility`` (see router.decision); bundles without the entry use ``threshold``."""
-        return str(self.meta.training.get("decision_rule", "threshold"))
+        """``threshold`` or ``utility`` (see router.decision); bundles written before the rule was stored use the rule
+        they were tuned for (``router.defaults.LEGACY_DECISION_RULE``)."""
+        return str(self.meta.training.get("decision_rule", LEGACY_DECISION_RULE))
 
     @property
     def tier_costs(self) -> list[float] | None:
@@ -264,7 +283,7 @@ class Router:
         choice = decide(
             proba, thr, floor=floor, floor_reason=floor_reason, min_tier=lo, max_tier=hi,
             rule=self.decision_rule, tier_costs=self.tier_costs,
-            row_costs=None if cm is None else cm.relative([prompt_chars])[0],
+            row_costs=None if cm is None or prompt_chars is None else cm.relative([prompt_chars])[0],
         )
         tier = cat.tiers[choice.tier]
         return Decision(
@@ -301,24 +320,54 @@ def download_root(local: str | Path) -> Path:
     raise ValueError(f"{local} is not inside a tierwise download directory")
 
 
+def is_remote_uri(uri: str) -> bool:
+    """A registry / run URI or any ``scheme://`` URI (never a local directory)."""
+    return uri.startswith(("models:/", "runs:/")) or "://" in uri
+
+
+def local_model_dir(uri: str) -> Path | None:
+    """The existing local directory ``uri`` names, or None (a remote URI, or no such path)."""
+    if is_remote_uri(uri):
+        return None
+    path = Path(uri).expanduser()
+    return path if path.exists() else None
+
+
+def parse_registry_uri(uri: str) -> tuple[str | None, str | None, str | None]:
+    """``(name, version, alias)`` of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; Nones for other URIs."""
+    if not uri.startswith("models:/"):
+        return None, None, None
+    body = uri[len("models:/") :]
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return name, None, alias
+    if "/" in body:
+        name, version = body.split("/", 1)
+        return name, version, None
+    return None, None, None
+
+
+def alias_version(name: str, alias: str, *, tracking_uri: str | None = None) -> str:
+    """The registry version ``models:/NAME@ALIAS`` points to now."""
+    from mlflow import MlflowClient
+
+    from router.settings import resolve_tracking_uri
+
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    return str(client.get_model_version_by_alias(name, alias).version)
+
+
 def download_model(uri: str, *, tracking_uri: str | None = None) -> tuple[Path, ModelRef]:
     """Download an MLflow model (registry or run URI) to a local temp dir; resolve name/version for aliases."""
     import mlflow
-    from mlflow import MlflowClient
 
     from router.settings import resolve_tracking_uri
 
     turi = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(turi)
-    name = version = None
-    if uri.startswith("models:/"):
-        body = uri[len("models:/") :]
-        client = MlflowClient(tracking_uri=turi)
-        if "@" in body:
-            name, alias = body.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias).version
-        elif "/" in body:
-            name, version = body.split("/", 1)
+    name, version, alias = parse_registry_uri(uri)
+    if name is not None and alias is not None:
+        version = alias_version(name, alias, tracking_uri=turi)
     dst = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX))
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=turi)
     return Path(local), ModelRef(uri=uri, name=name, version=str(version) if version is not None else None)

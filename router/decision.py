@@ -28,6 +28,8 @@ from enum import Enum
 
 import numpy as np
 
+from router.defaults import DECISION_RULE
+
 
 class Reason(str, Enum):
     """Why a tier was chosen."""
@@ -103,7 +105,7 @@ def decide(
     floor_reason: Reason = Reason.PLANNER_FLOOR,
     min_tier: int | None = None,
     max_tier: int | None = None,
-    rule: str = "threshold",
+    rule: str = DECISION_RULE,
     tier_costs: np.ndarray | list[float] | None = None,
     row_costs: np.ndarray | list[float] | None = None,
 ) -> Choice:
@@ -162,7 +164,7 @@ def decide_batch(
     floors: np.ndarray | None = None,
     min_tier: int | None = None,
     max_tier: int | None = None,
-    rule: str = "threshold",
+    rule: str = DECISION_RULE,
     tier_costs: np.ndarray | list[float] | None = None,
     row_costs: np.ndarray | None = None,
 ) -> np.ndarray:

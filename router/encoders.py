@@ -38,17 +38,16 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from router.atomic_io import build_dir_atomic, copy_file_atomic, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnxruntime
@@ -535,30 +534,12 @@ def _mismatch(spec: EncoderSpec, found_where: str, found: str) -> EncoderMismatc
 # encoder.json
 # ----------------------------------------------------------------------------------------------------------------
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, payload, indent=2, sort_keys=True, fsync=True)
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` through a temporary name in the destination folder."""
-    if dst.exists() and src.resolve() == dst.resolve():
-        return
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Copy ``src`` to ``dst`` through a temporary name in the destination folder (umask-governed mode)."""
+    copy_file_atomic(src, dst, mode=0o666)
 
 
 def read_encoder_json(directory: Path) -> dict[str, Any]:
@@ -602,7 +583,7 @@ class SentenceTransformerEncoder:
         model_dir = local_model_dir(source)
         self.model_dir = model_dir
         self.layers = resolve_layers(layers, int(_transformer_module(self.model).config.num_hidden_layers))
-        self.dim = int(self.model.get_embedding_dimension()) * len(self.layers)
+        self.dim = int(self.model.get_embedding_dimension() or 0) * len(self.layers)
         _check_position_limit(self.model, max_tokens)
         self.tokenizer_json = _tokenizer_json(model_dir, self.model)
         self.window = TokenWindow.from_json(self.tokenizer_json, max_tokens, head_tokens)
@@ -843,7 +824,8 @@ def _check_pooling(st_model: Any) -> bool:
     modules = list(st_model)
     if len(modules) < 2 or not isinstance(modules[1], Pooling):
         raise NotImplementedError(
-            f"ONNX export supports Transformer -> Pooling(mean) [-> Normalize]; got {[type(m).__name__ for m in modules]}"
+            "ONNX export supports Transformer -> Pooling(mean) [-> Normalize]; got "
+            f"{[type(m).__name__ for m in modules]}"
         )
     mode = modules[1].pooling_mode
     modes = (mode,) if isinstance(mode, str) else tuple(mode)
@@ -852,7 +834,8 @@ def _check_pooling(st_model: Any) -> bool:
     rest = modules[2:]
     if any(not isinstance(m, Normalize) for m in rest):
         raise NotImplementedError(
-            f"ONNX export does not support modules after pooling other than Normalize: {[type(m).__name__ for m in rest]}"
+            "ONNX export does not support modules after pooling other than Normalize: "
+            f"{[type(m).__name__ for m in rest]}"
         )
     return bool(rest)
 
@@ -914,7 +897,7 @@ def _export_fp32(source: str, out_dir: Path) -> dict[str, Any]:
         "normalize": normalize,
         "pooling": "mean",
         "inputs": names,
-        "dim": int(st.get_embedding_dimension()),
+        "dim": int(st.get_embedding_dimension() or 0),
         "n_layers": n_layers,
         "fingerprint": fingerprint_dir(model_dir),
         "export_version": EXPORT_VERSION,
@@ -987,20 +970,7 @@ def _build_cache_entry(final: Path, build: Callable[[Path], None]) -> Path:
     """Build a cache entry (a saved encoder directory) in a temporary sibling folder with ``build`` and rename it
     into place, so a killed build leaves no half-written entry and concurrent builders do not clash (a lost race is
     fine once the winner's entry is complete)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / ENCODER_JSON).is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return build_dir_atomic(final, build, replace=False, complete=lambda d: (d / ENCODER_JSON).is_file())
 
 
 def export_onnx(source: str, kind: str = "onnx-int8", cache_dir: Path | None = None) -> Path:

@@ -22,7 +22,9 @@ _CONSTRAINT = re.compile(
     r"bullet|words?|sentences?|characters?|within)\b",
     re.I,
 )
-_STEPS = re.compile(r"^\s*(\d+[.)]|[-*•])\s+|\b(first|then|next|finally|step \d+|step-by-step|afterwards)\b", re.I | re.M)
+_STEPS = re.compile(
+    r"^\s*(\d+[.)]|[-*•])\s+|\b(first|then|next|finally|step \d+|step-by-step|afterwards)\b", re.I | re.M
+)
 _FEWSHOT = re.compile(r"^\s*(Q|A|Question|Answer|Input|Output|Example)\s*\d*\s*:", re.I | re.M)
 _QUESTION = re.compile(r"\?")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")

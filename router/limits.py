@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, cast
 
 MAX_TOKENS = 10**9  # fits a 32-bit column in any database (SQLite's INTEGER overflows at 2**63, others at 2**31)
 MAX_COST_USD = 1_000_000.0
@@ -37,7 +37,7 @@ def attempt_number_problem(name: str, value: Any) -> str | None:
         return f"{name} must be a number, got {type(value).__name__}"
     hi = ATTEMPT_LIMITS[name]
     finite = isinstance(value, numbers.Integral) or math.isfinite(value)  # isfinite(10**400) would overflow
-    if not finite or not 0 <= value <= hi:
+    if not finite or not 0 <= cast(float, value) <= hi:
         return f"{name} must be a finite number in [0, {hi:g}], got {value!r}"
     if name in WHOLE_NUMBER_COLUMNS and not (isinstance(value, numbers.Integral) or float(value).is_integer()):
         return f"{name} must be a whole number, got {value!r}"

@@ -13,7 +13,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 
-class TierwisePyfunc(mlflow.pyfunc.PythonModel):
+class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]  # lazily exported by mlflow
     """Wraps :class:`router.core.Router`; the bundle travels as the ``bundle`` artifact."""
 
     def load_context(self, context: Any) -> None:

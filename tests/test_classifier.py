@@ -41,7 +41,7 @@ def test_learns_difficulty_and_tier_order(layout: str) -> None:
 def test_missing_outcomes_are_ignored() -> None:
     X, Y = _data(1500, 2)
     Y[::2, 0] = np.nan
-    clf = TierClassifier(3, n_estimators=30).fit(X, Y)
+    clf = TierClassifier(3, layout="stacked", n_estimators=30).fit(X, Y)
     assert clf.priors_[0] == pytest.approx(np.nanmean(Y[:, 0]))
 
 
@@ -56,7 +56,7 @@ def test_constant_tier_uses_prior() -> None:
 def test_calibration_and_save_load_roundtrip(tmp_path) -> None:
     X, Y = _data(2000, 4)
     Xc, Yc = _data(800, 5)
-    clf = TierClassifier(3, n_estimators=50, calibration="isotonic").fit(X, Y).calibrate(Xc, Yc)
+    clf = TierClassifier(3, layout="stacked", n_estimators=50, calibration="isotonic").fit(X, Y).calibrate(Xc, Yc)
     assert all(c.kind == "isotonic" for c in clf.calibrators_)
     clf.save(tmp_path / "clf")
     again = TierClassifier.load(tmp_path / "clf")
@@ -73,11 +73,20 @@ def test_sigmoid_calibrator_fixes_overconfidence() -> None:
     assert np.abs(cal(raw) - true_p).mean() < np.abs(raw - true_p).mean() / 2
 
 
+def test_defaults_are_the_products() -> None:
+    from router.defaults import LAYOUT
+
+    assert TierClassifier(3).layout == LAYOUT == "linear" and TierClassifier(3).calibration == "none"
+    assert TierClassifier(3, layout="per_tier").calibration == "sigmoid"
+    assert TierClassifier(3, layout="blend").calibration == "none"
+    assert TierClassifier(3, layout="stacked", calibration="isotonic").calibration == "isotonic"
+
+
 def test_wrong_shapes_raise() -> None:
     X, Y = _data(100, 6)
     with pytest.raises(ValueError, match="shape"):
         TierClassifier(4).fit(X, Y)
-    clf = TierClassifier(3, n_estimators=5).fit(X, Y)
+    clf = TierClassifier(3, layout="stacked", n_estimators=5).fit(X, Y)
     with pytest.raises(ValueError, match="features"):
         clf.predict_proba(X[:, :3])
 
@@ -203,3 +212,55 @@ def test_linear_out_of_fold_probabilities() -> None:
     noise = TierClassifier(2, layout="linear", calibration="none").fit(Xn, Yn).oof_proba_
     assert noise is not None and abs(roc_auc_score(Yn[:, 0], noise[:, 0]) - 0.5) < 0.08
     assert TierClassifier(2, layout="per_tier", n_estimators=5).fit(Xn, Yn).oof_proba_ is None
+
+
+def test_blend_layout_averages_linear_and_calibrated_trees(tmp_path) -> None:
+    X, Y = _data(1500, 8)
+    groups = np.where(X[:, 1] > 0, "a", "b")
+    blend = TierClassifier(3, layout="blend", calibration="none", n_estimators=40).fit(X, Y, groups=groups)
+    alone = TierClassifier(3, layout="linear", calibration="none", n_estimators=40).fit(X, Y, groups=groups)
+    # its linear part is exactly the linear layout fitted alone with the same arguments
+    part = blend.linear_part()
+    Xt, _ = _data(300, 9)
+    np.testing.assert_allclose(part.predict_proba(Xt), alone.predict_proba(Xt))
+    np.testing.assert_allclose(blend.component_oof_["linear"], alone.oof_proba_)
+    # the blend is the mean of the linear part and the Platt-calibrated trees, in and out of fold
+    trees = blend.component_oof_["per_tier"]
+    assert trees.shape == (1500, 3) and ((trees > 0) & (trees < 1)).all()
+    np.testing.assert_allclose(blend.oof_proba_, (alone.oof_proba_ + trees) / 2)
+    raw_trees = np.column_stack([b.predict(Xt) for b in blend.boosters_])
+    cal = np.column_stack([c(raw_trees[:, t]) for t, c in enumerate(blend.blend_calibrators_)])
+    assert all(c.kind == "sigmoid" for c in blend.blend_calibrators_)
+    np.testing.assert_allclose(blend.predict_proba(Xt), (alone.predict_proba(Xt) + cal) / 2)
+    # out-of-fold trees are not the in-sample fit: their AUC is lower than the refitted boosters' on the same rows
+    from sklearn.metrics import roc_auc_score
+
+    in_sample = np.column_stack([b.predict(X.astype(np.float32)) for b in blend.boosters_])
+    assert roc_auc_score(Y[:, 0], trees[:, 0]) < roc_auc_score(Y[:, 0], in_sample[:, 0])
+    # named tasks, the group prior and persistence work as for the linear layout
+    assert blend.task_groups == ["a", "b"]
+    blend.save(tmp_path / "b")
+    back = TierClassifier.load(tmp_path / "b")
+    assert back.layout == "blend"
+    np.testing.assert_allclose(back.predict_proba(Xt, groups=["a"] * 300), blend.predict_proba(Xt, groups=["a"] * 300))
+    np.testing.assert_allclose(back.predict_group_prior(Xt), blend.predict_group_prior(Xt))
+    with pytest.raises(ValueError, match="blend"):
+        alone.linear_part()
+
+
+def test_group_shrink_pulls_task_rates_towards_the_tier_rate(tmp_path) -> None:
+    X, Y = _data(800, 10)
+    groups = np.where(X[:, 0] > 0, "hard", "easy")
+
+    def spread(shrink: float) -> float:
+        clf = TierClassifier(3, layout="linear", calibration="none", group_shrink=shrink).fit(X, Y, groups=groups)
+        rates = np.asarray(clf.linear_["bags"][0]["group"]["rates"])
+        return float(np.abs(rates[0] - rates[1]).max())
+
+    assert spread(0.0) > spread(10.0) > spread(1000.0)
+    clf = TierClassifier(3, layout="linear", group_shrink=3.5).fit(X, Y, groups=groups)
+    clf.save(tmp_path / "c")
+    assert TierClassifier.load(tmp_path / "c").group_shrink == 3.5
+    for bad in (-1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="group_shrink"):
+            TierClassifier(3, layout="linear", group_shrink=bad)  # type: ignore[arg-type]

@@ -18,7 +18,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def test_bad_log_exits_non_zero_with_one_line_reason(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
-    pd.DataFrame({"prompt_id": ["a"], "prompt": ["hi"], "model": ["demo-nano"], "score": [1.7]}).to_csv(bad, index=False)
+    frame = pd.DataFrame({"prompt_id": ["a"], "prompt": ["hi"], "model": ["demo-nano"], "score": [1.7]})
+    frame.to_csv(bad, index=False)
     res = runner.invoke(app, ["train", "--data", str(bad), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "-q"])
     assert res.exit_code == 2
     err = res.stderr.strip().splitlines()

@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 
 from router.catalog import Catalog, Tier
+from router.pricing import DEFAULT_CHARS_PER_TOKEN, DEFAULT_OUTPUT_TOKENS
 from training.costs import (
-    DEFAULT_CHARS_PER_TOKEN,
-    DEFAULT_OUTPUT_TOKENS,
     attempt_costs,
     estimate_costs,
     learn_chars_per_token,

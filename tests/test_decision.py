@@ -9,37 +9,37 @@ from router.decision import Reason, decide, decide_batch, escalation_path
 
 
 def test_cheapest_tier_meeting_threshold() -> None:
-    c = decide(np.array([0.2, 0.7, 0.9, 0.95]), 0.6)
+    c = decide(np.array([0.2, 0.7, 0.9, 0.95]), 0.6, rule="threshold")
     assert (c.tier, c.reason) == (1, Reason.CHEAPEST_MEETING_THRESHOLD)
 
 
 def test_threshold_is_inclusive() -> None:
-    assert decide(np.array([0.5, 0.9]), 0.5).tier == 0
+    assert decide(np.array([0.5, 0.9]), 0.5, rule="threshold").tier == 0
 
 
 def test_no_tier_meets_threshold_picks_highest_probability_cheapest_among_equals() -> None:
-    c = decide(np.array([0.3, 0.6, 0.6, 0.5]), 0.9)
+    c = decide(np.array([0.3, 0.6, 0.6, 0.5]), 0.9, rule="threshold")
     assert (c.tier, c.reason) == (1, Reason.NO_TIER_MEETS_THRESHOLD)
 
 
 def test_non_monotone_probabilities_still_pick_cheapest_qualifying() -> None:
     # a mid tier that is worse than a cheaper one is skipped only if it does not qualify
-    assert decide(np.array([0.1, 0.8, 0.4, 0.9]), 0.75).tier == 1
+    assert decide(np.array([0.1, 0.8, 0.4, 0.9]), 0.75, rule="threshold").tier == 1
 
 
 def test_planner_floor_and_reason() -> None:
-    c = decide(np.array([0.99, 0.99, 0.99]), 0.5, floor=2)
+    c = decide(np.array([0.99, 0.99, 0.99]), 0.5, rule="threshold", floor=2)
     assert (c.tier, c.reason) == (2, Reason.PLANNER_FLOOR)
 
 
 def test_min_and_max_tier_clamp() -> None:
-    assert decide(np.array([0.9, 0.9, 0.9]), 0.5, min_tier=1).reason == Reason.RAISED_BY_MIN_TIER
-    c = decide(np.array([0.1, 0.2, 0.9]), 0.5, max_tier=1)
+    assert decide(np.array([0.9, 0.9, 0.9]), 0.5, rule="threshold", min_tier=1).reason == Reason.RAISED_BY_MIN_TIER
+    c = decide(np.array([0.1, 0.2, 0.9]), 0.5, rule="threshold", max_tier=1)
     assert (c.tier, c.reason) == (1, Reason.CLAMPED_BY_MAX_TIER)
 
 
 def test_max_tier_wins_over_planner_floor() -> None:
-    c = decide(np.array([0.9, 0.9, 0.9]), 0.5, floor=2, max_tier=1)
+    c = decide(np.array([0.9, 0.9, 0.9]), 0.5, rule="threshold", floor=2, max_tier=1)
     assert (c.tier, c.reason) == (1, Reason.CLAMPED_BY_MAX_TIER)
 
 
@@ -49,21 +49,21 @@ def test_max_tier_wins_over_planner_floor() -> None:
 )
 def test_invalid_clamps(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        decide(np.array([0.5, 0.5, 0.5]), 0.5, **kwargs)
+        decide(np.array([0.5, 0.5, 0.5]), 0.5, rule="threshold", **kwargs)
 
 
 @pytest.mark.parametrize("thr", [-0.1, 1.1])
 def test_threshold_out_of_range(thr: float) -> None:
     with pytest.raises(ValueError, match="threshold"):
-        decide(np.array([0.5]), thr)
+        decide(np.array([0.5]), thr, rule="threshold")
 
 
 def test_batch_matches_scalar_rule() -> None:
     rng = np.random.default_rng(0)
     p = rng.random((500, 5))
     for thr in (0.0, 0.3, 0.7, 1.0):
-        batch = decide_batch(p, thr)
-        scalar = [decide(row, thr).tier for row in p]
+        batch = decide_batch(p, thr, rule="threshold")
+        scalar = [decide(row, thr, rule="threshold").tier for row in p]
         assert batch.tolist() == scalar
 
 
@@ -99,3 +99,12 @@ def test_utility_batch_matches_scalar_and_clamps() -> None:
 def test_unknown_rule_raises() -> None:
     with pytest.raises(ValueError, match="rule"):
         decide(np.array([0.5, 0.6]), 0.5, rule="nope")
+
+
+def test_default_rule_is_the_products() -> None:
+    from router.defaults import DECISION_RULE
+
+    assert DECISION_RULE == "utility"
+    p, costs = np.array([0.55, 0.9, 0.95]), [1.0, 2.0, 10.0]
+    assert decide(p, 0.5, tier_costs=costs) == decide(p, 0.5, rule="utility", tier_costs=costs)
+    assert decide(p, 0.5, tier_costs=costs).tier != decide(p, 0.5, rule="threshold").tier

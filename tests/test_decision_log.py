@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from router.catalog import Catalog, Tier
-from router.decision_log import (
+from router.limits import MAX_TOKENS
+from router.service.decision_log import (
     CatalogMismatch,
     DecisionLog,
     DecisionLogError,
@@ -22,7 +23,6 @@ from router.decision_log import (
     export_for_training,
     export_log,
 )
-from router.limits import MAX_TOKENS
 
 
 class Counts:

@@ -25,7 +25,6 @@ from router.encoders import (
     window_token_ids,
 )
 
-
 PROMPTS = [
     "A man is eating food.",
     "Write a Python function that returns the n-th Fibonacci number using memoisation.",
@@ -138,7 +137,9 @@ def test_spec_validation_and_roundtrip(int8_enc: OnnxEncoder) -> None:
     assert (spec.max_tokens, spec.head_tokens) == (256, 32) and spec.artifact is not None
     assert EncoderSpec.model_validate_json(spec.model_dump_json()) == spec
     with pytest.raises(ValidationError):
-        EncoderSpec(kind="sentence-transformers", source="x", fingerprint="0" * 16, dim=4, max_tokens=16, head_tokens=13)
+        EncoderSpec(
+            kind="sentence-transformers", source="x", fingerprint="0" * 16, dim=4, max_tokens=16, head_tokens=13
+        )
     with pytest.raises(ValidationError):
         EncoderSpec(kind="onnx-int8", source="x", fingerprint="0" * 16, dim=4)  # no artifact digest
     with pytest.raises(ValidationError):
@@ -173,7 +174,9 @@ def test_unknown_encoder_name_lists_choices() -> None:
 # torch (sentence-transformers)
 # --------------------------------------------------------------------------------------------------------------
 def test_torch_shape_normalisation_and_semantics(torch_enc: SentenceTransformerEncoder) -> None:
-    v = torch_enc.encode(["A man is eating food.", "A man is eating a piece of bread.", "The stock market crashed today."])
+    v = torch_enc.encode(
+        ["A man is eating food.", "A man is eating a piece of bread.", "The stock market crashed today."]
+    )
     assert v.shape == (3, 384) and v.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert v[0] @ v[1] > 0.6 and v[0] @ v[2] < 0.2
@@ -191,7 +194,9 @@ def test_torch_matches_sentence_transformers_for_short_prompts(torch_enc: Senten
 # --------------------------------------------------------------------------------------------------------------
 # ONNX
 # --------------------------------------------------------------------------------------------------------------
-def test_onnx_fidelity_vs_torch(torch_enc: SentenceTransformerEncoder, int8_enc: OnnxEncoder, fp32_enc: OnnxEncoder) -> None:
+def test_onnx_fidelity_vs_torch(
+    torch_enc: SentenceTransformerEncoder, int8_enc: OnnxEncoder, fp32_enc: OnnxEncoder
+) -> None:
     texts = PROMPTS + [_long_prompt()]
     ref = torch_enc.encode(texts)
     fp32 = fp32_enc.encode(texts, batch_size=4)
@@ -233,7 +238,9 @@ def test_int8_vector_does_not_depend_on_batch(int8_enc: OnnxEncoder) -> None:
 
 
 @pytest.mark.parametrize("which", ["torch", "int8"])
-def test_long_prompt_uses_head_and_tail(which: str, torch_enc: SentenceTransformerEncoder, int8_enc: OnnxEncoder) -> None:
+def test_long_prompt_uses_head_and_tail(
+    which: str, torch_enc: SentenceTransformerEncoder, int8_enc: OnnxEncoder
+) -> None:
     enc = torch_enc if which == "torch" else int8_enc
     base, mid, end = enc.encode([_long_prompt(), _long_prompt(middle_word="purple"), _long_prompt(last_word="Tokyo")])
     assert _long_prompt() != _long_prompt(middle_word="purple")

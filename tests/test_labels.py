@@ -31,7 +31,9 @@ def test_cheapest_acceptable_by_prompt_cost_not_catalog_order() -> None:
 
 
 def test_cost_tie_goes_to_lower_tier() -> None:
-    df = _attempts([("p", "x", "m-a", 1.0, 2.0, None), ("p", "x", "m-b", 1.0, 2.0, None), ("p", "x", "m-c", 1.0, 9.0, None)])
+    df = _attempts(
+        [("p", "x", "m-a", 1.0, 2.0, None), ("p", "x", "m-b", 1.0, 2.0, None), ("p", "x", "m-c", 1.0, 9.0, None)]
+    )
     assert label_prompts(df, _catalog()).prompts.loc["p", "label"] == 0
 
 
@@ -54,7 +56,9 @@ def test_binary_all_failed_labels_cheapest_tier() -> None:
 def test_graded_scores_and_per_task_threshold() -> None:
     rows = []
     for pid, task in (("p1", "chat"), ("p2", "code")):
-        rows += [(pid, pid, "m-a", 0.75, 1.0, task), (pid, pid, "m-b", 0.85, 2.0, task), (pid, pid, "m-c", 0.95, 3.0, task)]
+        rows += [
+            (pid, pid, "m-a", 0.75, 1.0, task), (pid, pid, "m-b", 0.85, 2.0, task), (pid, pid, "m-c", 0.95, 3.0, task)
+        ]
     lab = label_prompts(_attempts(rows), _catalog(threshold=0.9, per_task={"chat": 0.7}))
     assert lab.prompts.loc["p1", "label_tier"] == "a"  # chat: 0.75 >= 0.7
     assert lab.prompts.loc["p2", "label_tier"] == "c"  # default: only 0.95 >= 0.9

@@ -147,7 +147,7 @@ def test_savings_report_runs_on_labelled_demo(kernel_env: None, workdir: Path) -
 
 
 def test_savings_report_runs_on_decision_log(kernel_env: None, workdir: Path) -> None:
-    from router.decision_log import DecisionLog
+    from router.service.decision_log import DecisionLog
     from training.demo import demo_catalog
 
     cat = demo_catalog()

@@ -16,7 +16,7 @@ def test_threshold_meets_quality_target_at_least_cost() -> None:
     # a good but imperfect router: P(cheap ok) high for easy prompts
     p_cheap = np.clip(np.where(hard, 0.2, 0.9) + rng.normal(0, 0.1, n), 0, 1)
     proba = np.column_stack([p_cheap, np.full(n, 0.99)])
-    thr, note = choose_threshold(proba, score, cost, 0.95)
+    thr, note = choose_threshold(proba, score, cost, 0.95, rule="threshold")
     choice = np.where(proba[:, 0] >= thr, 0, 1)
     quality = score[np.arange(n), choice].mean()
     assert quality >= 0.95
@@ -28,6 +28,6 @@ def test_unreachable_target_falls_back_to_best_quality() -> None:
     score = np.array([[0.0, 0.5]] * 50)
     cost = np.array([[1.0, 2.0]] * 50)
     proba = np.array([[0.1, 0.9]] * 50)
-    thr, note = choose_threshold(proba, score, cost, 1.5)
+    thr, note = choose_threshold(proba, score, cost, 1.5, rule="threshold")
     assert "no threshold reached" in note
     assert thr <= 0.9

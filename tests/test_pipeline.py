@@ -56,10 +56,21 @@ def test_run_logs_params_metrics_and_artifacts(trained, store: str) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.params["encoder"] == TrainConfig().encoder
     assert run.data.params["encoder_layers_used"] == "-1,3"  # last + middle layer of the 6-layer MiniLM
-    assert run.data.params["linear_bags_used"] == "1"  # the demo log is not small
+    # per-log model selection: the candidates' out-of-fold figures and the choice are logged
+    assert run.data.params["layout"] == "auto"
+    chosen = run.data.params["layout_used"]
+    assert chosen in ("linear", "per_tier", "blend") and trained.selection.chosen == chosen
+    if chosen != "per_tier":
+        assert run.data.params["linear_bags_used"] == "1"  # the demo log is not small
+    for c in ("linear", "per_tier", "blend"):
+        assert np.isfinite(run.data.metrics[f"selection_aiq_{c}"])
+        assert np.isfinite(run.data.metrics[f"selection_diff_lo_{c}"])
+    assert run.data.tags["tierwise.selection"] == trained.selection.reason
     assert "aiq" in run.data.metrics
     paths = {a.path for a in client.list_artifacts(trained.run_id)}
-    assert {"catalog.yaml", "labelled_summary.json", "plots", "evaluation.md"} <= paths
+    assert {"catalog.yaml", "labelled_summary.json", "plots", "evaluation.md", "selection.md"} <= paths
+    evaluation = client.download_artifacts(trained.run_id, "evaluation.md")
+    assert "## Model selection" in Path(evaluation).read_text(encoding="utf-8")
     plots = {a.path for a in client.list_artifacts(trained.run_id, "plots")}
     assert "plots/cost_quality.png" in plots
 
@@ -112,7 +123,7 @@ def test_evaluation_passes_the_logged_task_unless_told_not_to() -> None:
     assert tasks == prompts["task"].astype(str).tolist()
     assert tasks_for(prompts, TrainConfig(eval_known_task=False).eval_known_task) is None
     assert tasks_for(prompts.drop(columns="task"), True) is None
-    fitted = fit_router(prepared, TrainConfig(), progress=False)
+    fitted = fit_router(prepared, TrainConfig(layout="linear"), progress=False)
     named = evaluate(prepared, fitted).metrics()
     predicted = evaluate(prepared, dataclasses.replace(fitted, config=TrainConfig(eval_known_task=False))).metrics()
     assert named["brier_ref_group_prior"] != predicted["brier_ref_group_prior"]
@@ -262,6 +273,8 @@ def test_cli_route_prints_a_decision(trained, store: str) -> None:
 
 def test_calibration_default_depends_on_the_layout() -> None:
     assert TrainConfig().resolved_calibration() == "none"  # linear: the stacker's probabilities are used as is
+    assert TrainConfig(layout="blend").resolved_calibration() == "none"
+    assert TrainConfig().resolved_calibration("per_tier") == "sigmoid"  # auto: the chosen layout's default
     assert TrainConfig(layout="per_tier").resolved_calibration() == "sigmoid"
     assert TrainConfig(layout="stacked").resolved_calibration() == "sigmoid"
     assert TrainConfig(calibration="isotonic").resolved_calibration() == "isotonic"
@@ -274,7 +287,7 @@ def test_small_logs_average_several_linear_fits() -> None:
     assert TrainConfig().resolved_linear_bags(SMALL_LOG_PROMPTS) == 1
     assert TrainConfig(linear_bags=2).resolved_linear_bags(10) == 2
     small = prepare_data(demo_log(n_prompts=600), demo_catalog())
-    fitted = fit_router(small, TrainConfig(), progress=False)
+    fitted = fit_router(small, TrainConfig(layout="linear"), progress=False)
     assert fitted.classifier.n_bags == SMALL_LOG_BAGS and len(fitted.classifier.linear_["bags"]) == SMALL_LOG_BAGS
 
 
@@ -283,12 +296,12 @@ def test_default_linear_fit_uses_calibration_rows_and_an_out_of_fold_knob() -> N
 
     prepared = prepare_data(demo_log(), demo_catalog())
     split = prepared.labelled.prompts["split"].to_numpy()
-    fitted = fit_router(prepared, TrainConfig(), progress=False)
+    fitted = fit_router(prepared, TrainConfig(layout="linear"), progress=False)
     assert fitted.fit_rows is not None
     assert (fitted.fit_rows == ((split == "train") | (split == "calibration"))).all()
     assert "out-of-fold training prompts" in fitted.threshold_note
     assert all(c.kind == "none" for c in fitted.classifier.calibrators_)
-    old = fit_router(prepared, TrainConfig(oof_knob=False), progress=False)
+    old = fit_router(prepared, TrainConfig(layout="linear", oof_knob=False), progress=False)
     assert (old.fit_rows == (split == "train")).all()
     assert "calibration prompts" in old.threshold_note
     # test prompts are never fitted on, either way
@@ -311,11 +324,12 @@ def test_bundle_without_cost_model_uses_mean_costs(trained, store: str) -> None:
 def _feedback_export(
     attempts: pd.DataFrame, routed: dict[str, str], router_version: str = "tierwise/1"
 ) -> pd.DataFrame:
-    """Rows as ``tierwise decisions export`` writes them (router.decision_log.EXPORT_COLUMNS): one feedback row per
-    prompt, on the tier the router chose (``routed``: prompt text -> tier name), outcomes taken from ``attempts``."""
+    """Rows as ``tierwise decisions export`` writes them (router.service.decision_log.EXPORT_COLUMNS): one feedback
+    row per prompt, on the tier the router chose (``routed``: prompt text -> tier name), outcomes taken from
+    ``attempts``."""
     import hashlib
 
-    from router.decision_log import EXPORT_COLUMNS
+    from router.service.decision_log import EXPORT_COLUMNS
 
     cat = demo_catalog()
     rows = []
@@ -434,7 +448,8 @@ def test_sidecar_catalogs_that_disagree(tmp_path: Path) -> None:
     text = demo_catalog().to_yaml()
     assert "output_usd_per_1m: 75.0" in text
     catalog_sidecar_path(bad).write_text(text.replace("output_usd_per_1m: 75.0", "output_usd_per_1m: .inf"))
-    with pytest.raises(ValueError, match=r"c\.catalog\.yaml: invalid catalog: tiers\.3\.output_usd_per_1m \(tier 'large'\)"):
+    bad_price = r"c\.catalog\.yaml: invalid catalog: tiers\.3\.output_usd_per_1m \(tier 'large'\)"
+    with pytest.raises(ValueError, match=bad_price):
         prepare_data(bad)
 
 
@@ -460,7 +475,7 @@ def test_retrain_from_feedback_export_through_the_cli(tmp_path: Path) -> None:
     ``tierwise train --data base.csv --data feedback.csv`` with no --catalog and no hand edits."""
     from typer.testing import CliRunner
 
-    from router.decision_log import DecisionLog
+    from router.service.decision_log import DecisionLog
     from training.cli import app
     from training.demo import write_demo_catalog, write_demo_log
 
@@ -471,6 +486,7 @@ def test_retrain_from_feedback_export_through_the_cli(tmp_path: Path) -> None:
         app, ["train", "--data", str(base_path), "--catalog", str(write_demo_catalog(tmp_path / "c.yaml")), *common]
     )
     assert first.exit_code == 0, first.stderr
+    assert "model selection: " in first.stdout  # the layout chosen for this log, with its reason
 
     # the service routes prompts it saw before and new ones with the champion; feedback arrives for the tier used
     router = Router.load("models:/loop@champion", tracking_uri=store)

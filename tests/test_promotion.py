@@ -179,7 +179,9 @@ def test_retraining_the_champion_config_on_the_same_log_ties_and_promotes(champi
 
 
 def test_worse_challenger_is_refused_with_its_interval(champion, store: str) -> None:
-    weak = TrainConfig(layout="per_tier", n_estimators=1, lgbm_params={"learning_rate": 0.001}, structural_features=False)
+    weak = TrainConfig(
+        layout="per_tier", n_estimators=1, lgbm_params={"learning_rate": 0.001}, structural_features=False
+    )
     result = train(demo_log(), catalog=demo_catalog(), register=NAME, tracking_uri=store, config=weak, progress=False)
     assert not result.promoted and "below the champion's" in result.promotion_reason
     assert result.gate is not None and result.gate.delta < 0 and result.gate.ci_high >= result.gate.delta

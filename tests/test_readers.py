@@ -262,7 +262,7 @@ def test_missing_costs_are_fine(tmp_path: Path) -> None:
 def test_roles(tmp_path: Path) -> None:
     rows = _long_rows()
     roles = ["Plan", None, " execute ", "verify"]
-    for r, role in zip(rows, roles):
+    for r, role in zip(rows, roles, strict=True):
         r["role"] = role
     df = read_log(_write(tmp_path / "l.jsonl", rows))
     assert df["role"].tolist() == ["plan", "single", "execute", "verify"]
@@ -282,7 +282,7 @@ def test_split_normalisation(tmp_path: Path) -> None:
 
 def test_unknown_split(tmp_path: Path) -> None:
     rows = _long_rows()
-    for r, s in zip(rows, ["train", "train", "holdout", "holdout"]):
+    for r, s in zip(rows, ["train", "train", "holdout", "holdout"], strict=True):
         r["split"] = s
     msg = _error(tmp_path / "l.csv", rows)
     assert "l.csv: column 'split': 2 rows not a known split" in msg and "(rows 3, 4: 'holdout', 'holdout')" in msg
@@ -290,7 +290,7 @@ def test_unknown_split(tmp_path: Path) -> None:
 
 def test_prompt_in_two_splits(tmp_path: Path) -> None:
     rows = _long_rows()
-    for r, s in zip(rows, ["train", "test", "test", "test"]):
+    for r, s in zip(rows, ["train", "test", "test", "test"], strict=True):
         r["split"] = s
     msg = _error(tmp_path / "l.csv", rows)
     assert "l.csv: column 'split': 1 prompt_id(s) with different splits: 'p1'" in msg

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from router.catalog import Acceptability, Catalog, Tier
-from router.decision_log import DecisionLog, export_log, iter_decisions
+from router.service.decision_log import DecisionLog, export_log, iter_decisions
 from training import reports
 from training.labels import label_prompts
 from training.metrics import operating_point
@@ -207,7 +207,7 @@ def test_spend_frame_from_decisions(tmp_path: Path) -> None:
     # r1 on b: 100 input tokens (400 chars / 4) and b's typical 100 output tokens at 10 / 20 USD per 1M
     assert frame.loc["r1", "cost__b"] == pytest.approx((100 * 10 + 100 * 20) / 1e6)
     # r2 logged no estimates: catalog prices, 200 input tokens, default output tokens for c
-    from training.costs import DEFAULT_OUTPUT_TOKENS
+    from router.pricing import DEFAULT_OUTPUT_TOKENS
 
     assert frame.loc["r2", "cost"] == pytest.approx((200 * 100 + DEFAULT_OUTPUT_TOKENS * 200) / 1e6)
     assert frame.loc["r1", "task"] == "chat" and frame.loc["r2", "task"] == reports.NO_TASK

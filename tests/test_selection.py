@@ -136,7 +136,7 @@ def test_out_of_fold_fits_through_the_pipeline_without_the_test_split_or_the_fol
     lab = prepared.labelled
     split = lab.prompts["split"].to_numpy()
     fold = np.arange(len(lab)) % 3
-    oof = out_of_fold(prepared, TrainConfig(), fold)
+    oof = out_of_fold(prepared, TrainConfig(layout="linear"), fold)
     want = np.flatnonzero((split != "test") & lab.complete_rows)
     assert sorted(oof.rows.tolist()) == want.tolist()  # every complete non-test prompt once, no test prompt
     assert (lab.prompts["split"].to_numpy() == split).all()  # the caller's splits are untouched
@@ -146,7 +146,7 @@ def test_out_of_fold_fits_through_the_pipeline_without_the_test_split_or_the_fol
     alone = prepared.labelled.prompts.assign(split=np.where(held, "test", np.where(split == "test", "x", split)))
     prepared.labelled.prompts, kept = alone, prepared.labelled.prompts
     try:
-        fitted = fit_router(prepared, TrainConfig(), progress=False)
+        fitted = fit_router(prepared, TrainConfig(layout="linear"), progress=False)
     finally:
         prepared.labelled.prompts = kept
     assert not (fitted.fit_rows & (held | (split == "test"))).any()

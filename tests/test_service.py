@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -19,11 +20,11 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
+from service_server import ServerProcess, closed_port_uri
 from typer.testing import CliRunner
 
 from router.catalog import Catalog
-from router.decision_log import connect, export_log
-from service_server import ServerProcess, closed_port_uri
+from router.service.decision_log import connect, export_log
 from training.cli import app as cli_app
 from training.demo import demo_catalog, demo_log
 from training.pipeline import TrainConfig, train
@@ -609,9 +610,9 @@ def test_durable_feedback_survives_kill_9(store: str, work: Path) -> None:
 def test_ready_fails_while_decision_log_writes_fail(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from router.decision_log import DecisionLog
     from router.service import Service
-    from router.service_settings import ServiceSettings
+    from router.service.decision_log import DecisionLog
+    from router.service.settings import ServiceSettings
 
     db = tmp_path / "log.db"
     service = Service(ServiceSettings(home=tmp_path, decision_log=db))
@@ -630,20 +631,20 @@ def test_ready_fails_while_decision_log_writes_fail(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="no such table"):
         written.result(10)
     status, body = service.ready()
-    assert status == 503 and body["ready"] is False
-    assert "writes are failing" in body["decision_log"] and body["detail"] == body["decision_log"]
+    assert status == 503 and body.ready is False
+    assert "writes are failing" in body.decision_log and body.detail == body.decision_log
     # nobody writes while /readyz fails (a balancer sends no traffic): the writer's probe reconnects (which
     # recreates the schema) and readiness comes back on its own
     deadline = time.monotonic() + 10
     while service.ready()[0] != 200 and time.monotonic() < deadline:
         time.sleep(0.05)
     status, body = service.ready()
-    assert status == 200 and body["decision_log"] is None, body
+    assert status == 200 and body.decision_log is None, body
     again = service.dlog.record_feedback(request_id="r", tier="a", model="m", score=1.0, acceptable=True)
     assert again.result(5) is None
     service.dlog.close()
     status, body = service.ready()
-    assert status == 503 and "not running" in body["decision_log"]
+    assert status == 503 and "not running" in body.decision_log
 
 
 def test_router_refuses_absurd_thresholds(store: str) -> None:
@@ -737,6 +738,8 @@ def test_poll_follows_the_alias_and_survives_a_broken_version(
 
 def test_admin_reload_good_and_failing(client: httpx.Client) -> None:
     assert client.post("/admin/reload").status_code == 401
+    r = client.post("/admin/reload", headers={"authorization": "Bearer wrong", **JSON}, content=b'{"model_uri": 5')
+    assert r.status_code == 401, r.text  # the token is checked before the body is read
     r = client.post("/admin/reload", headers={"authorization": "Bearer wrong"})
     assert r.status_code == 401 and r.json()["error"]["field"] == "authorization"
     auth = {"authorization": f"Bearer {TOKEN}"}
@@ -749,7 +752,9 @@ def test_admin_reload_good_and_failing(client: httpx.Client) -> None:
     assert r.status_code == 200, r.text
     assert r.json() == {**r.json(), "reloaded": True, "router_version": f"{NAME}/1", "previous_version": current}
     assert route(client, prompt="after reload").json()["router_version"] == f"{NAME}/1"
-    r = client.post("/admin/reload", headers={"x-tierwise-admin-token": TOKEN})
+    r = client.post("/admin/reload", headers={"x-tierwise-admin-token": TOKEN})  # not a documented header
+    assert r.status_code == 401 and r.json()["error"]["field"] == "authorization"
+    r = client.post("/admin/reload", headers=auth)
     assert r.status_code == 200 and r.json()["router_version"] == f"{NAME}/1"
     assert metric(client, "tierwise_gc_frozen_objects") > 10_000  # re-frozen after the reload
 
@@ -821,7 +826,7 @@ def test_exits_with_a_clear_message_without_registry_or_copy(work: Path) -> None
 def test_microbatcher_batches_and_isolates_a_failing_prompt() -> None:
     import numpy as np
 
-    from router.microbatch import MicroBatcher
+    from router.service.microbatch import MicroBatcher
 
     calls: list[int] = []
     seen_tasks: list[str | None] = []
@@ -858,7 +863,7 @@ def test_microbatcher_batches_and_isolates_a_failing_prompt() -> None:
 
 
 def test_decision_log_hashes_prompts_unless_asked(tmp_path: Path) -> None:
-    from router.decision_log import DecisionLog, prompt_hash
+    from router.service.decision_log import DecisionLog, prompt_hash
 
     for store_prompts in (False, True):
         path = tmp_path / f"log-{store_prompts}.db"
@@ -894,7 +899,7 @@ def test_decision_log_hashes_prompts_unless_asked(tmp_path: Path) -> None:
 
 
 def test_schema_text_cleaning_and_context() -> None:
-    from router.schemas import CONTEXT_CHARS, RouteRequest, clean_text
+    from router.service.schemas import CONTEXT_CHARS, RouteRequest, clean_text
 
     assert clean_text("ok") == "ok"
     assert "\ud800" not in clean_text("a\ud800b") and clean_text("a\ud800b").startswith("a")
@@ -917,8 +922,8 @@ def test_quality_target_served_from_the_trained_table(client: httpx.Client) -> N
 def test_quality_target_maps_through_the_threshold_table() -> None:
     from types import SimpleNamespace
 
-    from router.schemas import RouteRequest
     from router.service import ApiError, Service
+    from router.service.schemas import RouteRequest
 
     m = SimpleNamespace(
         label="x/1", router=SimpleNamespace(threshold=0.5), threshold_table=[(0.9, 0.6), (0.95, 0.7), (0.99, 0.85)]
@@ -932,3 +937,43 @@ def test_quality_target_maps_through_the_threshold_table() -> None:
     m.threshold_table = []
     with pytest.raises(ApiError, match="no threshold table"):
         Service._threshold(m, RouteRequest(prompt="p", quality_target=0.9))
+
+
+def test_admin_token_is_checked_before_the_body(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No lifespan runs (no model): a request that passes the check gets as far as reading its body."""
+    from fastapi.testclient import TestClient
+
+    from router.service import create_app
+    from router.service.settings import ServiceSettings
+
+    monkeypatch.setattr("os.environ", dict(os.environ))  # create_app sets MLflow defaults: keep them from later servers
+    bad_bodies = [b'{"model_uri": 5}', b'{"bogus": 1}', b'{"model_uri": ', b"[1]"]
+
+    def post(app: object, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        return TestClient(app).post("/admin/reload", content=body, headers={**JSON, **headers})
+
+    disabled = create_app(ServiceSettings(home=tmp_path, admin_token=None))
+    for body in bad_bodies:
+        r = post(disabled, body, {"authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 403 and r.json()["error"]["type"] == "forbidden", r.text
+
+    app = create_app(ServiceSettings(home=tmp_path, admin_token=TOKEN))
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}, {"x-tierwise-admin-token": TOKEN}):
+        for body in bad_bodies:
+            r = post(app, body, headers)
+            assert r.status_code == 401 and r.json()["error"]["field"] == "authorization", (headers, body, r.text)
+    # with the token, the body is validated as before: a field error names the field, bad JSON is a 400
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    r = post(app, b'{"model_uri": 5}', auth)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "model_uri", r.text
+    r = post(app, b'{"bogus": 1}', auth)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "bogus", r.text
+    r = post(app, b'{"model_uri": ', auth)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_json", r.text
+    r = post(app, b"[1]", auth)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "body", r.text
+    spec = TestClient(app).get("/openapi.json").json()
+    reload_spec = spec["paths"]["/admin/reload"]["post"]
+    assert reload_spec["requestBody"]["content"]["application/json"]["schema"]["properties"]["model_uri"]
+    schemes = spec["components"]["securitySchemes"]
+    assert list(schemes) == ["HTTPBearer"] and schemes["HTTPBearer"]["scheme"] == "bearer"  # the one documented header

@@ -6,7 +6,7 @@ import gc
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.metrics import ServiceMetrics
+from router.service.metrics import ServiceMetrics
 
 
 def _pauses(m: ServiceMetrics, generation: str) -> float:

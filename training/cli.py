@@ -30,14 +30,20 @@ FormatOpt = Annotated[str, typer.Option("--format", help="long (one row per atte
 ColumnsOpt = Annotated[
     str | None, typer.Option("--columns", help="Renames SOURCE=CANONICAL, comma separated, e.g. sample_id=prompt_id.")
 ]
-ScorePatOpt = Annotated[str | None, typer.Option("--score-pattern", help="Wide format: score column, e.g. perf__{model}.")]
-CostPatOpt = Annotated[
-    str | None, typer.Option("--cost-pattern", help="Wide format: cost column, e.g. cost_usd__{model}; 'none' if absent.")
+ScorePatOpt = Annotated[
+    str | None, typer.Option("--score-pattern", help="Wide format: score column, e.g. perf__{model}.")
 ]
-WhereOpt = Annotated[str | None, typer.Option("--where", help="pandas query applied to the log, e.g. \"task == 'mmlu'\".")]
+CostPatOpt = Annotated[
+    str | None,
+    typer.Option("--cost-pattern", help="Wide format: cost column, e.g. cost_usd__{model}; 'none' if absent."),
+]
+WhereOpt = Annotated[
+    str | None, typer.Option("--where", help="pandas query applied to the log, e.g. \"task == 'mmlu'\".")
+]
 CatalogOpt = Annotated[Path | None, typer.Option("--catalog", help="Catalog YAML (default: models/catalog.yaml).")]
 TrackingOpt = Annotated[
-    str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or local SQLite).")
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or local SQLite)."),
 ]
 
 
@@ -205,6 +211,8 @@ def train(
     typer.echo(f"champion: {moved} ({result.promotion_reason})")
     if result.gate is not None and math.isfinite(result.gate.delta):  # the gate compared two models
         typer.echo(f"promotion gate: {result.gate.describe()}")
+    if result.selection is not None:
+        typer.echo(f"model selection: {result.selection.chosen} ({result.selection.reason})")
     typer.echo(f"tracking store: {result.tracking_uri}")
     keys = ("aiq", "aiq_zero", "aiq_oracle", "gap_closed", "cost_at_95pct", "default_quality", "default_cost_pct")
     shown = ", ".join(f"{k}={m[k]:.4g}" for k in keys if k in m)
@@ -264,10 +272,9 @@ def catalog_init(
             raise ValueError("--data is required")
         if out.exists() and not force:
             raise ValueError(f"{out} exists; use --force to overwrite")
+        from router.atomic_io import write_text_atomic
         from training.catalog_draft import catalog_to_commented_yaml, draft_catalog
         from training.readers import read_log
-
-        from router.atomic_io import write_text_atomic
 
         df = read_log(data, _log_options(fmt, columns, score_pattern, cost_pattern, where))
         cat = draft_catalog(df)
@@ -345,7 +352,9 @@ def serve(
     model_uri: Annotated[
         str | None, typer.Option("--model-uri", help="Registry URI or local directory (env TIERWISE_MODEL_URI).")
     ] = None,
-    host: Annotated[str | None, typer.Option("--host", help="Interface (env TIERWISE_HOST, default 127.0.0.1).")] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Interface (env TIERWISE_HOST, default 127.0.0.1).")
+    ] = None,
     port: Annotated[int | None, typer.Option("--port", help="TCP port (env TIERWISE_PORT, default 8000).")] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Worker processes (env TIERWISE_WORKERS, default 1).")
@@ -372,8 +381,7 @@ def serve(
         if value is not None:
             os.environ[f"TIERWISE_{key.upper()}"] = str(value)
     try:
-        from router.service import STATE_DIR_ENV
-        from router.service_settings import ServiceSettings
+        from router.service.settings import STATE_DIR_ENV, ServiceSettings
 
         settings = ServiceSettings()
     except Exception as exc:  # noqa: BLE001
@@ -442,8 +450,8 @@ def decisions_export(
     """
     _env_defaults()
     try:
-        from router.decision_log import export_for_training
-        from router.service_settings import ServiceSettings
+        from router.service.decision_log import export_for_training
+        from router.service.settings import ServiceSettings
 
         path = db or ServiceSettings().decision_log_path
         frame, summary = export_for_training(path, out, router_version=router_version, since=since, catalog=catalog)

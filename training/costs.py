@@ -6,13 +6,15 @@ Rule, per attempt (row of the canonical long log, see :mod:`training.readers`):
 2. the tier has prices and both token counts are logged   -> ``tier.price_usd(in, out)``     (source ``"tokens"``)
 3. the tier has prices, some token count is missing       -> prices x estimated tokens       (``"estimated_tokens"``)
    * input tokens  = ``len(prompt) / chars_per_token[model]``
-   * output tokens = the tier's ``typical_output_tokens``, else :data:`DEFAULT_OUTPUT_TOKENS`
+   * output tokens = the tier's ``typical_output_tokens`` (0 included), else
+     :data:`router.pricing.DEFAULT_OUTPUT_TOKENS`
 4. the tier has no prices                                 -> NaN                             (``"unknown"``)
 
 ``chars_per_token[model]`` is learned as the median of ``len(prompt) / input_tokens`` over the model's rows with
-``input_tokens > 0``; a model without such rows uses :data:`DEFAULT_CHARS_PER_TOKEN` (``"default"``). Every
-fallback that was actually used for some row produces a warning; nothing here raises for missing prices (the
-caller decides), but models absent from the catalog are an error (filter them out first).
+``input_tokens > 0``; a model without such rows uses :data:`router.pricing.DEFAULT_CHARS_PER_TOKEN` (``"default"``).
+The token estimates and the price formula are :mod:`router.pricing`'s. Every fallback that was actually used for
+some row produces a warning; nothing here raises for missing prices (the caller decides), but models absent from the
+catalog are an error (filter them out first).
 
 Pure functions, no I/O.
 """
@@ -25,11 +27,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from router import pricing
 from router.catalog import Catalog, Tier
+from router.pricing import DEFAULT_CHARS_PER_TOKEN, DEFAULT_OUTPUT_TOKENS
 
 __all__ = [
-    "DEFAULT_CHARS_PER_TOKEN",
-    "DEFAULT_OUTPUT_TOKENS",
     "COST_SOURCES",
     "CostEstimate",
     "attempt_costs",
@@ -37,10 +39,6 @@ __all__ = [
     "learn_chars_per_token",
 ]
 
-DEFAULT_CHARS_PER_TOKEN = 4.0
-"""Characters per token assumed for a model whose log rows carry no input token counts (English-ish BPE)."""
-DEFAULT_OUTPUT_TOKENS = 256
-"""Output tokens assumed when neither the log nor the tier's ``typical_output_tokens`` gives them."""
 COST_SOURCES = ("logged", "tokens", "estimated_tokens", "unknown")
 
 
@@ -57,6 +55,12 @@ class CostEstimate:
     chars_per_token_source: dict[str, Literal["learned", "default"]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
+    def median_chars_per_token(self) -> float:
+        """One characters-per-token value for the log (what training stores in the model bundle): the median of the
+        learned per-model values, else :data:`router.pricing.DEFAULT_CHARS_PER_TOKEN`."""
+        learned = [v for m, v in self.chars_per_token.items() if self.chars_per_token_source.get(m) == "learned"]
+        return pricing.median_chars_per_token(learned)
+
     def summary(self) -> dict[str, int]:
         """Number of attempts per cost source (all sources listed, zeros included)."""
         counts = self.source.value_counts()
@@ -66,7 +70,7 @@ class CostEstimate:
 def learn_chars_per_token(df: pd.DataFrame) -> tuple[dict[str, float], dict[str, Literal["learned", "default"]]]:
     """Characters per input token for every model in ``df``: median over rows with ``input_tokens > 0``.
 
-    Models without such rows get :data:`DEFAULT_CHARS_PER_TOKEN` and source ``"default"``.
+    Models without such rows get :data:`router.pricing.DEFAULT_CHARS_PER_TOKEN` and source ``"default"``.
     """
     models = [str(m) for m in pd.unique(df["model"])]
     ratios: dict[str, float] = {}
@@ -130,7 +134,7 @@ def estimate_costs(df: pd.DataFrame, catalog: Catalog) -> CostEstimate:
         rows = (model_arr == model) & np.isnan(logged)
         if not rows.any():
             continue
-        if not tier.has_prices:
+        if tier.input_usd_per_1m is None or tier.output_usd_per_1m is None:  # not tier.has_prices, for mypy
             no_prices.add(model)
             continue  # stays NaN / "unknown"
         i_tok = in_tok[rows]
@@ -142,10 +146,9 @@ def estimate_costs(df: pd.DataFrame, catalog: Catalog) -> CostEstimate:
             used_default_cpt.add(model)
         if need_out.any() and tier.typical_output_tokens is None:
             used_default_out.add(model)
-        est_in = np.where(need_in, prompt_len[rows] / cpt[model], i_tok)
-        typical = tier.typical_output_tokens if tier.typical_output_tokens is not None else DEFAULT_OUTPUT_TOKENS
-        est_out = np.where(need_out, float(typical), o_tok)
-        cost[rows] = (est_in * tier.input_usd_per_1m + est_out * tier.output_usd_per_1m) / 1e6
+        est_in = np.where(need_in, pricing.estimated_input_tokens(prompt_len[rows], cpt[model]), i_tok)
+        est_out = np.where(need_out, float(pricing.tier_output_tokens(tier)), o_tok)
+        cost[rows] = pricing.usd_array(est_in, est_out, tier.input_usd_per_1m, tier.output_usd_per_1m)
         source[np.flatnonzero(rows)] = np.where(exact, "tokens", "estimated_tokens")
 
     warnings: list[str] = []

@@ -43,14 +43,14 @@ version).
 
 from __future__ import annotations
 
+import itertools
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from router.atomic_io import write_text_atomic
+from router.atomic_io import atomic_path, write_text_atomic
 from router.catalog import DEFAULT_CATALOG_PATH, Acceptability, Catalog, Planning, Tier
 
 __all__ = [
@@ -327,7 +327,9 @@ def _math(pk: _Picker, d: int) -> str:
 
 def _reasoning(pk: _Picker, d: int) -> str:
     sets = pk.sample(_REASON_SETS, min(len(_REASON_SETS), d + 2))
-    premises = [f"All {a} are {b}." if pk.chance(0.6) else f"Some {a} are not {b}." for a, b in zip(sets, sets[1:])]
+    premises = [
+        f"All {a} are {b}." if pk.chance(0.6) else f"Some {a} are not {b}." for a, b in itertools.pairwise(sets)
+    ]
     people = " ".join(f"{n} is one of the {pk.pick(tuple(sets))}." for n in pk.sample(_NAMES, max(1, d - 2)))
     question = f"Can we conclude that every {sets[0]} is a {sets[-1][:-1]}?"
     if d >= 4:
@@ -464,13 +466,6 @@ def write_demo_log(path: str | os.PathLike[str], n_prompts: int = 3000, seed: in
     ext = next((e for e in writers if name.endswith(e)), None)
     if ext is None:
         raise ValueError(f"{p}: unsupported extension; use one of {', '.join(writers)}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=ext, dir=p.parent)
-    os.close(fd)
-    try:
-        writers[ext](tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(p) as tmp:
+        writers[ext](str(tmp))
     return p

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from router.atomic_io import TMP_SUFFIX, atomic_open
+
 log = logging.getLogger(__name__)
 
 KEYS_SUFFIX = ".keys.npy"
@@ -45,17 +47,9 @@ def text_digest(text: str) -> bytes:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """``np.save`` through a temporary file in the same folder, fsync, then an atomic rename."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``np.save`` through a temporary ``*.tmp`` file in the same folder, fsync, then an atomic rename."""
+    with atomic_open(path, mode=0o666, fsync=True) as fh:
+        np.save(fh, array, allow_pickle=False)
 
 
 @dataclass
@@ -75,7 +69,9 @@ class EmbeddingCache:
     progress). ``max_shards``: above this many shards a namespace is compacted into one after a write.
     """
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None, *, flush_every: int = 4096, max_shards: int = 64):
+    def __init__(
+        self, directory: str | os.PathLike[str] | None = None, *, flush_every: int = 4096, max_shards: int = 64
+    ):
         self.directory = Path(directory).expanduser() if directory is not None else default_directory()
         self.flush_every = max(1, int(flush_every))
         self.max_shards = max(2, int(max_shards))
@@ -105,7 +101,8 @@ class EmbeddingCache:
         self.last_misses = len(missing)
         self.last_hits = len(texts) - sum(1 for d in digests if d in missing)
         if missing:
-            self._encode_missing(space, encoder, [texts[i] for i in missing.values()], list(missing), batch_size, progress)
+            todo = [texts[i] for i in missing.values()]
+            self._encode_missing(space, encoder, todo, list(missing), batch_size, progress)
         return self._gather(space, digests)
 
     def namespace_dir(self, encoder: Any) -> Path:
@@ -260,7 +257,7 @@ class EmbeddingCache:
                 age = now - p.stat().st_mtime
             except FileNotFoundError:
                 continue
-            if p.name.endswith(".tmp") and age > _STALE_TMP_SECONDS:
+            if p.name.endswith(TMP_SUFFIX) and age > _STALE_TMP_SECONDS:
                 p.unlink(missing_ok=True)
             elif p.name.endswith(VEC_SUFFIX) and age > _STALE_TMP_SECONDS:
                 name = p.name[: -len(VEC_SUFFIX)]

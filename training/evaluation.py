@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from router.classifier import task_names
-from router.decision_log import prompt_hash
 from router.features import structural_features
+from router.service.decision_log import prompt_hash
 from training.metrics import EvaluationReport, evaluate_router, sweep_choices
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class EvalSet:
         )
 
     def digests(self) -> list[str]:
-        """SHA-256 of each prompt, as the decision log stores it (:func:`router.decision_log.prompt_hash`)."""
+        """SHA-256 of each prompt, as the decision log stores it (:func:`router.service.decision_log.prompt_hash`)."""
         return [prompt_hash(t) for t in self.prompts]
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,7 @@ class LabelledData:
         """Rows where every tier was tried (needed to evaluate a router offline)."""
         return ~np.isnan(self.score).any(axis=1) & ~np.isnan(self.cost).any(axis=1)
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> dict[str, Any]:
         """Counts for logging: prompts per split, label distribution, no-acceptable share, per-tier observations.
 
         ``tier_observed_prompts``: prompts tried on each tier; ``single_tier_prompts``: prompts tried on that tier

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from router.defaults import DECISION_RULE
 
 ArrayLike = Any  # anything np.asarray accepts
 
@@ -77,7 +80,7 @@ _QUALITY_TOL = 1e-9  # absolute slack when comparing mean qualities computed in 
 
 def _matrix(x: ArrayLike, name: str, dtype: type = float) -> np.ndarray:
     """``x`` as a 2-D array of ``dtype`` (raises ValueError otherwise)."""
-    arr = np.asarray(x, dtype=dtype)
+    arr: np.ndarray = np.asarray(x, dtype=dtype)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array [n_prompts, n_tiers], got shape {arr.shape}")
     return arr
@@ -258,8 +261,8 @@ def random_router_curve(
     if rng is None:
         records.append(("uniform", 1.0 / n_tiers, float(s.mean()), float(c.mean())))
     else:
-        ch = rng.integers(0, n_tiers, size=n)
-        records.append(("uniform", 1.0 / n_tiers, float(s[rows, ch].mean()), float(c[rows, ch].mean())))
+        first = rng.integers(0, n_tiers, size=n)
+        records.append(("uniform", 1.0 / n_tiers, float(s[rows, first].mean()), float(c[rows, first].mean())))
     top = n_tiers - 1
     for p in np.linspace(0.0, 1.0, n_points):
         if rng is None:
@@ -304,7 +307,7 @@ def _sweep_events(
 def _default_thresholds(values: np.ndarray, proba: np.ndarray) -> np.ndarray:
     """Dense threshold grid: 201 uniform points on [0, 1], 201 quantiles of the change points, and max(p) + eps."""
     finite = values[np.isfinite(values)]
-    grid = [np.linspace(0.0, 1.0, 201)]
+    grid: list[Any] = [np.linspace(0.0, 1.0, 201)]
     if finite.size:
         grid.append(np.quantile(finite, np.linspace(0.0, 1.0, 201)))
     pmax = np.nanmax(proba) if np.isfinite(proba).any() else 1.0
@@ -1065,7 +1068,7 @@ def evaluate_router(
     max_tier: int | None = None,
     thresholds: ArrayLike | None = None,
     n_bins: int = 10,
-    rule: str = "threshold",
+    rule: str = DECISION_RULE,
     tier_costs: ArrayLike | None = None,
     row_costs: ArrayLike | None = None,
     two_tier_score: ArrayLike | None = None,

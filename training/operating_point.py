@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from router.decision import decide_batch
+from router.defaults import DECISION_RULE
 
 
 def threshold_grid(proba: np.ndarray, max_points: int = 400) -> np.ndarray:
@@ -27,7 +28,7 @@ def choose_threshold(
     cost: np.ndarray,
     quality_target: float,
     *,
-    rule: str = "threshold",
+    rule: str = DECISION_RULE,
     tier_costs: np.ndarray | None = None,
     row_costs: np.ndarray | None = None,
     sample: str = "calibration",

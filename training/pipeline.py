@@ -18,23 +18,26 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from router.bundle import BundleMeta, FeatureSpec, write_bundle
 from router.catalog import Catalog
-from router.classifier import LINEAR_BAGS, CalibrationKind, Layout, TierClassifier
+from router.classifier import GROUP_SHRINK, LINEAR_BAGS, LINEAR_LAYOUTS, CalibrationKind, Layout, TierClassifier
 from router.cost_model import CostModel
+from router.defaults import DECISION_RULE, DecisionRule, default_calibration
 from router.encoders import LayerChoice
 from router.features import FEATURE_NAMES, structural_features
 from router.numbers import Integer, Number
+from router.pricing import DEFAULT_CHARS_PER_TOKEN
 from training.evaluation import EvalSet
 from training.labels import LabelledData, assign_splits, label_prompts
 from training.operating_point import choose_threshold
 from training.promotion import GateConfig, GateVerdict
+from training.selection import LEVEL, N_BOOT, Selection
 
 if TYPE_CHECKING:
     from router.core import Router
@@ -51,6 +54,15 @@ class TrainingDataError(ValueError):
 SMALL_LOG_PROMPTS = 2000
 SMALL_LOG_BAGS = 5
 
+Candidate = Literal["linear", "per_tier", "blend"]
+DEFAULT_CANDIDATES: tuple[Candidate, ...] = ("linear", "per_tier", "blend")
+"""Per-log model selection's candidates (``layout="auto"``): the layouts whose out-of-fold probabilities one blend
+fit yields (benchmarks/select_lodo.py measured these and the encoder variants; docs/selection.md)."""
+SELECTION_FALLBACK: Candidate = "linear"
+"""The candidate kept unless another one wins beyond noise: the best on every shared log, out of fold."""
+MIN_SELECTION_PROMPTS = 100
+"""Fewer complete out-of-fold prompts than this: no selection, the fallback (AIQ on fewer is mostly noise)."""
+
 
 class TrainConfig(BaseModel):
     """Training options (all have production defaults; benchmarks use the same defaults on every dataset)."""
@@ -58,7 +70,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     encoder: str = Field("minilm-onnx-int8", description="Encoder name (see router.encoders.build_encoder).")
-    encoder_max_tokens: Integer = Field(256, ge=8, description="Tokens the encoder sees per prompt (specials included).")
+    encoder_max_tokens: Integer = Field(
+        256, ge=8, description="Tokens the encoder sees per prompt (specials included)."
+    )
     encoder_head_tokens: Integer = Field(32, ge=0, description="Tokens kept from the start of a long prompt.")
     encoder_layers: LayerChoice = Field(
         "last+middle",
@@ -66,7 +80,36 @@ class TrainConfig(BaseModel):
         "'last+middle' (also the middle layer, from the same forward pass; router.encoders.resolve_layers).",
     )
     structural_features: bool = True
-    layout: Layout = Field("linear", description="Classifier layout: linear (default), stacked or per_tier (LightGBM).")
+    layout: Layout | Literal["auto"] = Field(
+        "auto",
+        description="Classifier layout: auto (default: per-log model selection among `candidates`, see "
+        "docs/selection.md), or pinned: linear, per_tier (LightGBM per tier), blend (the mean of both) or stacked.",
+    )
+    candidates: list[Candidate] = Field(
+        default_factory=lambda: list(DEFAULT_CANDIDATES),
+        min_length=1,
+        description="layout auto: the layouts scored by their out-of-fold AIQ on the training prompts.",
+    )
+    selection_fallback: Candidate = Field(
+        SELECTION_FALLBACK,
+        description="layout auto: the layout kept unless another candidate beats it beyond noise (and when the log "
+        f"has fewer than {MIN_SELECTION_PROMPTS} complete training prompts).",
+    )
+    selection_level: Number = Field(
+        LEVEL,
+        gt=0,
+        le=0.5,
+        description="layout auto: a candidate replaces the fallback only if this quantile of its paired bootstrap "
+        "AIQ difference to the fallback is >= 0 (one-sided level).",
+    )
+    selection_boot: Integer = Field(N_BOOT, ge=1, le=10_000, description="layout auto: paired bootstrap resamples.")
+    group_shrink: Number = Field(
+        GROUP_SHRINK,
+        ge=0,
+        le=1e6,
+        description="linear and blend layouts: pseudo-observations pulling each task's success rate towards the "
+        "tier's overall rate.",
+    )
     task_groups: bool = Field(
         True, description="linear layout: learn the group prior from the log's task column when it has one."
     )
@@ -83,8 +126,8 @@ class TrainConfig(BaseModel):
         "task (the service's metadata.task) gets; false: it predicts the task from the prompt, as for a caller that "
         "does not. Changes nothing when the log has no task column.",
     )
-    decision_rule: Literal["threshold", "utility"] = Field(
-        "utility", description="Decision rule stored in the bundle (router.decision): utility or threshold."
+    decision_rule: DecisionRule = Field(
+        DECISION_RULE, description="Decision rule stored in the bundle (router.decision): utility or threshold."
     )
     prompt_costs: bool = Field(
         True,
@@ -124,11 +167,27 @@ class TrainConfig(BaseModel):
             return self.linear_bags
         return SMALL_LOG_BAGS if n_prompts < SMALL_LOG_PROMPTS else LINEAR_BAGS
 
-    def resolved_calibration(self) -> CalibrationKind:
-        """The calibration actually used: ``calibration``, or the layout's default when unset."""
+    @field_validator("candidates")
+    @classmethod
+    def _distinct_candidates(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError(f"candidates must be distinct, got {names}")
+        return names
+
+    @model_validator(mode="after")
+    def _fallback_is_a_candidate(self) -> TrainConfig:
+        if self.layout == "auto" and self.selection_fallback not in self.candidates:
+            raise ValueError(
+                f"selection_fallback {self.selection_fallback!r} must be one of the candidates {self.candidates}"
+            )
+        return self
+
+    def resolved_calibration(self, layout: str | None = None) -> CalibrationKind:
+        """The calibration actually used for ``layout`` (default: the configured one): ``calibration``, or the
+        layout's default when unset (none for the linear and blend layouts, sigmoid for the LightGBM ones)."""
         if self.calibration is not None:
             return self.calibration
-        return "none" if self.layout == "linear" else "sigmoid"
+        return default_calibration(layout or self.layout)
 
 
 @dataclass
@@ -139,6 +198,9 @@ class PreparedData:
     labelled: LabelledData
     warnings: list[str] = field(default_factory=list)
     cost_sources: dict[str, int] = field(default_factory=dict)
+    chars_per_token: float = DEFAULT_CHARS_PER_TOKEN
+    """The log's characters per input token (``CostEstimate.median_chars_per_token``); the bundle stores it so that
+    the service and the reports estimate input tokens as training did."""
 
 
 @dataclass
@@ -154,7 +216,7 @@ class FittedRouter:
     features: np.ndarray
     """Feature matrix for every labelled prompt (rows aligned with ``labelled.prompts``)."""
     embeddings: np.ndarray
-    decision_rule: str = "threshold"
+    decision_rule: str = DECISION_RULE
     tier_costs: list[float] | None = None
     """Mean cost per tier on the training prompts (the utility rule's prices)."""
 
@@ -166,6 +228,9 @@ class FittedRouter:
 
     fit_rows: np.ndarray | None = None
     """Rows (of ``labelled.prompts``) the classifier was fitted on; the kNN baseline uses the same ones."""
+
+    selection: Selection | None = None
+    """Per-log model selection's figures and choice (``layout="auto"``); ``config.layout`` is the chosen layout."""
 
     def decision_info(self) -> dict[str, Any]:
         """What the bundle stores so that serving applies the same rule (``BundleMeta.training``)."""
@@ -202,6 +267,8 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
     gate: GateVerdict | None = None
     """What the promotion gate measured (comparison prompts, AIQ difference and its interval) and decided."""
+    selection: Selection | None = None
+    """Per-log model selection's candidates, figures and choice (``layout="auto"``)."""
 
     @property
     def model_uri(self) -> str:
@@ -213,7 +280,7 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------------------------
 # Stage 1: data
 # --------------------------------------------------------------------------------------------------------------
-LogSource = str | os.PathLike[str] | pd.DataFrame
+LogSource: TypeAlias = str | os.PathLike[str] | pd.DataFrame
 """One log: a file path or an in-memory DataFrame in the canonical long format."""
 
 
@@ -337,7 +404,8 @@ def _merge_sources(frames: list[pd.DataFrame], names: list[str]) -> tuple[pd.Dat
             shown = []
             for pid in ids[:5]:
                 rows = clash[clash["prompt_id"] == pid]
-                where = ", ".join(f"{names[i]}: {split}" for i, split in zip(rows["__source__"], rows["split"]))
+                pairs = zip(rows["__source__"], rows["split"], strict=True)
+                where = ", ".join(f"{names[i]}: {split}" for i, split in pairs)
                 shown.append(f"{pid!r} ({where})")
             raise TrainingDataError(
                 f"{len(ids)} prompt(s) are in different splits in different logs: {'; '.join(shown)}"
@@ -414,7 +482,7 @@ def prepare_data(
     for s in ("train", "calibration"):
         if counts.get(s, 0) < 10:
             raise TrainingDataError(f"{source}: only {counts.get(s, 0)} prompts in the {s} split; need at least 10")
-    return PreparedData(cat, labelled, warnings, est.source.value_counts().to_dict())
+    return PreparedData(cat, labelled, warnings, est.source.value_counts().to_dict(), est.median_chars_per_token())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -441,6 +509,7 @@ def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, pro
     from router.encoders import build_encoder
 
     config = config or TrainConfig()
+    cfg = config  # narrowed for the closure below
     lab = prepared.labelled
     encoder = build_encoder(  # two single-threaded calls in parallel; same vectors
         config.encoder,
@@ -455,50 +524,122 @@ def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, pro
 
     split = p["split"].to_numpy()
     tr, ca = split == "train", split == "calibration"
-    # The linear layout without calibration learns from the calibration prompts too and picks its knob on its own
-    # out-of-fold probabilities (each prompt's from models that never saw it); the others fit on train, calibrate
-    # and pick the knob on the calibration split.
-    oof_knob = config.oof_knob and config.layout == "linear" and config.resolved_calibration() == "none"
-    fit = (tr | ca) if oof_knob else tr
-    clf = TierClassifier(
-        len(prepared.catalog.tiers),
-        layout=config.layout,
-        n_estimators=config.n_estimators,
-        calibration=config.resolved_calibration(),
-        params=config.lgbm_params,
-        random_state=config.seed,
-        n_embedding=emb.shape[1],
-        n_bags=config.resolved_linear_bags(int(fit.sum())),
-    )
-    groups = None
-    if config.layout == "linear" and config.task_groups and p["task"].notna().any():
-        groups = p["task"].to_numpy(dtype=object)[fit]
-    log.info("fitting %s classifier on %d prompts (%d features)", config.layout, int(fit.sum()), X.shape[1])
-    if config.layout == "linear":
-        clf.fit(X[fit], lab.acceptable[fit], groups=groups)
-    else:
-        clf.fit(X[fit], lab.acceptable[fit])
-    if oof_knob:
-        assert clf.oof_proba_ is not None
-        knob_rows, proba_knob, sample = fit, clf.oof_proba_, "out-of-fold training"
-    else:
-        clf.calibrate(X[ca], lab.acceptable[ca])
-        knob_rows, proba_knob, sample = ca, clf.predict_proba(X[ca]), "calibration"
     seen = tr | ca  # every non-test prompt: prices and the cost model come from all of them
     tier_costs = [float(v) for v in np.nan_to_num(np.nanmean(lab.cost[seen], axis=0), nan=0.0)]
     chars = p["prompt"].astype(str).str.len().to_numpy()
     cost_model = None
     if config.decision_rule == "utility" and config.prompt_costs:
         cost_model = CostModel.fit(chars[seen], lab.cost[seen])
-    rc = None if cost_model is None else cost_model.relative(chars[knob_rows])
+
+    def prices(rows: np.ndarray) -> dict[str, Any]:
+        rc = None if cost_model is None else cost_model.relative(chars[rows])
+        return {"rule": cfg.decision_rule, "tier_costs": np.asarray(tier_costs), "row_costs": rc}
+
+    selection = None
+    if config.layout == "auto":
+        config, clf, selection = _select_layout(prepared, config, X, emb.shape[1], prices)
+    else:
+        clf = None
+    # The linear and blend layouts without calibration learn from the calibration prompts too and pick the knob on
+    # their own out-of-fold probabilities (each prompt's from models that never saw it); the others fit on train,
+    # calibrate and pick the knob on the calibration split.
+    oof_knob = _oof_knob(config)
+    fit = (tr | ca) if oof_knob else tr
+    if clf is None:
+        clf = _fit_classifier(prepared, config, X, emb.shape[1], fit)
+    if oof_knob:
+        assert clf.oof_proba_ is not None
+        knob_rows, proba_knob, sample = fit, clf.oof_proba_, "out-of-fold training"
+    else:
+        clf.calibrate(X[ca], lab.acceptable[ca])
+        knob_rows, proba_knob, sample = ca, clf.predict_proba(X[ca]), "calibration"
     score, cost = lab.score[knob_rows], lab.cost[knob_rows]
-    knob = {"rule": config.decision_rule, "tier_costs": np.asarray(tier_costs), "row_costs": rc, "sample": sample}
+    knob = {**prices(knob_rows), "sample": sample}
     threshold, note = choose_threshold(proba_knob, score, cost, config.quality_target, **knob)
     log.info("default threshold %.4f (%s rule): %s", threshold, config.decision_rule, note)
     return FittedRouter(
         prepared.catalog, config, encoder, clf, threshold, note, X, emb, config.decision_rule, tier_costs,
         threshold_table=threshold_table(proba_knob, score, cost, **knob), cost_model=cost_model, fit_rows=fit,
+        selection=selection,
     )
+
+
+def _oof_knob(config: TrainConfig) -> bool:
+    return config.oof_knob and config.layout in LINEAR_LAYOUTS and config.resolved_calibration() == "none"
+
+
+def _fit_classifier(
+    prepared: PreparedData, config: TrainConfig, X: np.ndarray, n_embedding: int, fit: np.ndarray
+) -> TierClassifier:
+    """The classifier of a pinned layout (``config.layout``), fitted on the rows ``fit``."""
+    lab, p = prepared.labelled, prepared.labelled.prompts
+    clf = TierClassifier(
+        len(prepared.catalog.tiers),
+        layout=config.layout,  # type: ignore[arg-type]  # never "auto" here
+        n_estimators=config.n_estimators,
+        calibration=config.resolved_calibration(),
+        params=config.lgbm_params,
+        random_state=config.seed,
+        n_embedding=n_embedding,
+        n_bags=config.resolved_linear_bags(int(fit.sum())),
+        group_shrink=config.group_shrink,
+    )
+    groups = None
+    if config.layout in LINEAR_LAYOUTS and config.task_groups and p["task"].notna().any():
+        groups = p["task"].to_numpy(dtype=object)[fit]
+    log.info("fitting %s classifier on %d prompts (%d features)", config.layout, int(fit.sum()), X.shape[1])
+    if config.layout in LINEAR_LAYOUTS:
+        clf.fit(X[fit], lab.acceptable[fit], groups=groups)
+    else:
+        clf.fit(X[fit], lab.acceptable[fit])
+    return clf
+
+
+def _select_layout(
+    prepared: PreparedData, config: TrainConfig, X: np.ndarray, n_embedding: int, prices: Any
+) -> tuple[TrainConfig, TierClassifier | None, Selection]:
+    """Per-log model selection (``layout="auto"``): one blend fit on the non-test prompts yields the out-of-fold
+    probabilities of the linear layout, the per-tier LightGBM layout and their blend; each candidate's AIQ of its
+    own decisions on the complete ones, with a paired bootstrap, picks the layout (:mod:`training.selection`).
+
+    The candidates are always scored out of fold; the chosen layout is then fitted as if pinned (``oof_knob``,
+    ``calibration``). Returns the config with the chosen layout, its classifier when the blend fit already is it
+    (else None: fit it as a pinned layout), and the selection."""
+    from training.selection import score_candidates, skipped
+
+    lab = prepared.labelled
+    split = lab.prompts["split"].to_numpy()
+    seen = (split == "train") | (split == "calibration")
+    rows = seen & lab.complete_rows
+    fallback = config.selection_fallback
+    candidates = list(config.candidates)
+    if len(candidates) == 1 or int(rows.sum()) < MIN_SELECTION_PROMPTS:
+        why = (
+            "the only candidate"
+            if len(candidates) == 1
+            else f"only {int(rows.sum())} complete training prompts (selection needs {MIN_SELECTION_PROMPTS})"
+        )
+        chosen = candidates[0] if len(candidates) == 1 else fallback
+        log.info("model selection: %s (%s)", chosen, why)
+        return config.model_copy(update={"layout": chosen}), None, skipped(chosen, fallback, why, int(rows.sum()))
+    blend_config = config.model_copy(update={"layout": "blend"})
+    log.info("model selection among %s (fallback %s)", ", ".join(candidates), fallback)
+    blended = _fit_classifier(prepared, blend_config, X, n_embedding, seen)
+    assert blended.oof_proba_ is not None
+    oof = {"linear": blended.component_oof_["linear"], "per_tier": blended.component_oof_["per_tier"],
+           "blend": blended.oof_proba_}
+    sub = rows[seen]  # complete rows among the fitted ones (the out-of-fold matrices' rows)
+    scores = score_candidates(
+        {c: oof[c][sub] for c in candidates}, lab.score[rows], lab.cost[rows], lab.acceptable[rows] > 0.5,
+        n_boot=config.selection_boot, seed=config.seed, **prices(rows),
+    )
+    selection = scores.select(fallback, level=config.selection_level)
+    log.info("model selection: %s (%s)", selection.chosen, selection.reason)
+    chosen_config = config.model_copy(update={"layout": selection.chosen})
+    clf = None
+    if _oof_knob(chosen_config):  # the chosen layout is fitted on the same rows as the blend: reuse its fit
+        clf = {"blend": blended, "linear": blended.linear_part()}.get(selection.chosen)
+    return chosen_config, clf, selection
 
 
 QUALITY_TARGETS = (0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0)
@@ -633,11 +774,17 @@ def train(
     metrics["default_threshold"] = fitted.threshold
 
     summary = prepared.labelled.summary()
+    selection = fitted.selection
+    if selection is not None:
+        metrics.update(selection.metrics())
     training_info = {
         "data": ", ".join("<DataFrame>" if isinstance(d, pd.DataFrame) else str(d) for d in _source_list(data)),
         "config": config.model_dump(mode="json"),
+        "layout": fitted.config.layout,
+        "selection": None if selection is None else {"chosen": selection.chosen, "reason": selection.reason},
         "summary": summary,
         "cost_sources": {str(k): int(v) for k, v in prepared.cost_sources.items()},
+        "chars_per_token": float(prepared.chars_per_token),
     }
     exp_id = registry.ensure_experiment(experiment, turi)
     workdir = Path(tempfile.mkdtemp(prefix="tierwise-train-"))
@@ -646,8 +793,12 @@ def train(
         with mlflow.start_run(experiment_id=exp_id) as run:
             mlflow.log_params(_flat_params(config, prepared))
             mlflow.log_param("encoder_layers_used", ",".join(map(str, fitted.encoder.spec.layers)))
-            if fitted.config.layout == "linear":
+            mlflow.log_param("layout_used", fitted.config.layout)
+            if fitted.config.layout in LINEAR_LAYOUTS:
                 mlflow.log_param("linear_bags_used", fitted.classifier.n_bags)
+            if selection is not None:
+                mlflow.set_tag("tierwise.selection", selection.reason[:5000])
+                mlflow.log_text(selection.to_markdown(), "selection.md")
             mlflow.log_metrics(metrics)
             mlflow.log_text(prepared.catalog.to_yaml(), "catalog.yaml")
             mlflow.log_text(json.dumps(summary, indent=1), "labelled_summary.json")
@@ -655,7 +806,7 @@ def train(
             if prepared.warnings:
                 mlflow.log_text("\n".join(prepared.warnings), "warnings.txt")
             if report is not None:
-                _log_report(report, workdir / "plots")
+                _log_report(report, workdir / "plots", selection)
             # digests, not texts: a later run's gate reports how many of its prompts this run also held out
             mlflow.log_dict({"sha256": comparison.digests()}, registry.HELDOUT_ARTIFACT)
             version = registry.log_router_model(
@@ -677,7 +828,7 @@ def train(
                     registry.promote(register, version, turi)
             return TrainResult(
                 run.info.run_id, version, register, metrics, verdict.promote, verdict.reason, fitted.threshold,
-                turi, prepared.warnings, verdict,
+                turi, prepared.warnings, verdict, selection,
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -722,7 +873,7 @@ def _flat_params(config: TrainConfig, prepared: PreparedData) -> dict[str, Any]:
     return params
 
 
-def _log_report(report: Any, plot_dir: Path) -> None:
+def _log_report(report: Any, plot_dir: Path, selection: Selection | None = None) -> None:
     import mlflow
 
     from training import plots
@@ -737,4 +888,5 @@ def _log_report(report: Any, plot_dir: Path) -> None:
     for name, fig in figures.items():
         plots.save_figure(fig, plot_dir / name)
     mlflow.log_artifacts(str(plot_dir), "plots")
-    mlflow.log_text(report.to_markdown(), "evaluation.md")
+    text = report.to_markdown() + ("" if selection is None else "\n" + selection.to_markdown())
+    mlflow.log_text(text, "evaluation.md")

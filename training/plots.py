@@ -7,7 +7,6 @@ state, never ``show()``) and returns it; :func:`save_figure` writes a PNG atomic
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from router.atomic_io import atomic_open
 from training.metrics import EvaluationReport
 
 __all__ = ["plot_confusion", "plot_cost_quality", "plot_reliability", "plot_tier_mix", "save_figure"]
@@ -46,7 +46,7 @@ def _densify(
     """Points along the hull's straight (in linear cost) segments so that a log-x axis draws them correctly."""
     if not log_x or cost.size < 2 or cost[0] <= 0:
         return cost, quality
-    xs = np.unique(np.concatenate([np.geomspace(a, b, per_segment) for a, b in zip(cost[:-1], cost[1:])]))
+    xs = np.unique(np.concatenate([np.geomspace(a, b, per_segment) for a, b in zip(cost[:-1], cost[1:], strict=True)]))
     return xs, np.interp(xs, cost, quality)
 
 
@@ -178,15 +178,8 @@ def plot_confusion(report: EvaluationReport) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as a PNG (dpi 120) atomically: temp file in the target folder, then ``os.replace``."""
+    """Write ``fig`` as a PNG (dpi 120) atomically (:func:`router.atomic_io.atomic_open`)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=_DPI)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(target) as handle:
+        fig.savefig(handle, format="png", dpi=_DPI)
     return target

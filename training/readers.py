@@ -655,7 +655,7 @@ def _check_consistent(
     parts = []
     for pid in bad_ids[:_MAX_SAMPLE]:
         sub = frame[frame["id"] == pid].drop_duplicates("v")
-        shown = ", ".join(f"row {r}: {_short(v)}" for r, v in zip(sub["row"][:3], sub["v"][:3]))
+        shown = ", ".join(f"row {r}: {_short(v)}" for r, v in zip(sub["row"][:3], sub["v"][:3], strict=True))
         parts.append(f"{pid!r} ({shown})")
     return [
         f"{src}: {ctx.label(column)}: {len(bad_ids)} prompt_id(s) with {what}: {'; '.join(parts)}"
@@ -724,7 +724,7 @@ def _to_str(s: pd.Series) -> pd.Series:
     if pd.api.types.is_string_dtype(s.dtype) and not pd.api.types.is_object_dtype(s.dtype):
         return s.astype("str")
     null = s.isna().to_numpy()
-    text = [np.nan if n else str(v) for v, n in zip(s.astype(object), null)]
+    text = [np.nan if n else str(v) for v, n in zip(s.astype(object), null, strict=True)]
     return pd.Series(text, index=s.index, dtype="str")
 
 
@@ -753,7 +753,7 @@ def _parse_bool(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
         if isinstance(v, (bool, np.bool_)):
             return bool(v)
         if isinstance(v, (int, float, np.integer, np.floating)) and not (isinstance(v, float) and np.isnan(v)):
-            return {1: True, 0: False}.get(v)  # type: ignore[call-overload]
+            return {1: True, 0: False}.get(int(v)) if float(v) in (0.0, 1.0) else None
         if isinstance(v, str):
             t = v.strip().lower()
             return True if t in _TRUE else False if t in _FALSE else None

@@ -12,8 +12,8 @@ Routing quality (one chosen tier index per prompt, tiers ordered cheapest first 
 Savings (one row per request: the routed tier and the cost the request has, or would have, on every tier):
 
 * :func:`spend_frame_from_labelled` (offline log + router decisions), :func:`spend_frame_from_decisions` (the
-  service's SQLite decision log, see ``router.decision_log``) and :func:`spend_frame_from_export` (a decision-log
-  export in the canonical long format) build that frame;
+  service's SQLite decision log, see ``router.service.decision_log``) and :func:`spend_frame_from_export` (a
+  decision-log export in the canonical long format) build that frame;
 * :func:`savings_summary`, :func:`savings_breakdown` and :func:`monthly_projection` turn it into spend with routing
   against always using one tier; :func:`plot_savings` draws it.
 
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from router import pricing
 from router.catalog import Catalog
 from training.labels import LabelledData
 
@@ -234,35 +235,20 @@ def spend_frame_from_labelled(labelled: LabelledData, choice: Any) -> pd.DataFra
     return _spend_frame(labelled.prompts.index, task, labelled.tier_names, ch, labelled.cost, labelled.score)
 
 
-def _estimated_tier_costs(catalog: Catalog, input_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
-    """[n, T] list-price USD per request and tier; NaN output tokens -> the tier's typical output tokens."""
-    from training.costs import DEFAULT_OUTPUT_TOKENS
-
-    out = np.full((len(input_tokens), len(catalog.tiers)), np.nan)
-    for t, tier in enumerate(catalog.tiers):
-        if not tier.has_prices:
-            continue
-        typical = tier.typical_output_tokens if tier.typical_output_tokens is not None else DEFAULT_OUTPUT_TOKENS
-        o = np.where(np.isnan(output_tokens), float(typical), output_tokens)
-        out[:, t] = (input_tokens * tier.input_usd_per_1m + o * tier.output_usd_per_1m) / 1e6
-    return out
-
-
 def spend_frame_from_decisions(
     decisions: pd.DataFrame, catalog: Catalog, chars_per_token: float | None = None
 ) -> pd.DataFrame:
-    """Spend frame of the service's decision log (rows of ``router.decision_log.iter_decisions``).
+    """Spend frame of the service's decision log (rows of ``router.service.decision_log.iter_decisions``).
 
     One row per decision (index ``request_id``). The routed tier is the decision's ``tier``. Costs are estimates
     (no answer had been generated when the decision was logged): the routed tier's cost is the logged
     ``est_cost_usd`` and the top tier's the logged ``est_top_cost_usd`` where present; every other cell is the
     tier's list price for ``prompt_chars / chars_per_token`` input tokens (default
-    :data:`training.costs.DEFAULT_CHARS_PER_TOKEN`; the service uses the value stored in the model bundle) and the
-    tier's ``typical_output_tokens`` (else :data:`training.costs.DEFAULT_OUTPUT_TOKENS`), as the service estimates
-    them. Scores are unknown (NaN). Decisions naming a tier that is not in ``catalog`` raise ValueError.
+    :data:`router.pricing.DEFAULT_CHARS_PER_TOKEN`; the service uses the value training stored in the model bundle,
+    ``router.meta.training["chars_per_token"]``) and the tier's ``typical_output_tokens`` (else
+    :data:`router.pricing.DEFAULT_OUTPUT_TOKENS`), as the service estimates them (:mod:`router.pricing`). Scores are
+    unknown (NaN). Decisions naming a tier that is not in ``catalog`` raise ValueError.
     """
-    from training.costs import DEFAULT_CHARS_PER_TOKEN
-
     missing = {"tier", "prompt_chars"} - set(decisions.columns)
     if missing:
         raise ValueError(f"decision rows lack column(s) {sorted(missing)}")
@@ -276,9 +262,8 @@ def spend_frame_from_decisions(
     n = len(decisions)
     routed = np.array([names.index(str(t)) for t in decisions["tier"]], dtype=np.int64)
     chars = pd.to_numeric(decisions["prompt_chars"], errors="coerce").to_numpy(dtype=float)
-    cpt = float(chars_per_token) if chars_per_token and chars_per_token > 0 else DEFAULT_CHARS_PER_TOKEN
-    in_tok = np.maximum(1.0, np.round(chars / cpt))
-    cost = _estimated_tier_costs(catalog, in_tok, np.full(n, np.nan))
+    in_tok = pricing.request_input_tokens_array(chars, chars_per_token)
+    cost = pricing.tier_costs(catalog.tiers, in_tok)
     rows = np.arange(n)
     for col, tier_idx in (("est_cost_usd", routed), ("est_top_cost_usd", np.full(n, len(names) - 1))):
         if col in decisions:
@@ -294,7 +279,7 @@ def spend_frame_from_export(export: pd.DataFrame, catalog: Catalog) -> pd.DataFr
     """Spend frame of a decision-log export (canonical long format, one row per answer with feedback).
 
     Requests are grouped by ``request_id`` (else ``prompt_id``). The routed tier is the ``routed_tier`` column
-    (written by ``router.decision_log.export_log``); without it every request must have answers from exactly one
+    (written by ``router.service.decision_log.export_log``); without it every request must have answers from exactly one
     model, which is then taken as the routed one. A tier's cost is the mean ``cost_usd`` of its answers (priced
     from tokens and the catalog when ``cost_usd`` is missing, see :mod:`training.costs`); tiers that did not answer
     a request get the catalog price of the routed answer's tokens (input tokens rescaled by the models' learned
@@ -369,7 +354,10 @@ def spend_frame_from_export(export: pd.DataFrame, catalog: Catalog) -> pd.DataFr
         cpt = priced.chars_per_token
         in_tok = _numeric(src, "input_tokens")
         ratio = np.array(
-            [cpt.get(str(a), 1.0) / cpt.get(str(b), cpt.get(str(a), 1.0)) for a, b in zip(src["model"], targets)]
+            [
+                cpt.get(str(a), 1.0) / cpt.get(str(b), cpt.get(str(a), 1.0))
+                for a, b in zip(src["model"], targets, strict=True)
+            ]
         )
         synth = pd.DataFrame(
             {
@@ -394,12 +382,10 @@ def _numeric(frame: pd.DataFrame, col: str) -> np.ndarray:
 def _price_rows(rows: pd.DataFrame, catalog: Catalog) -> np.ndarray:
     """List-price USD of synthetic calls (model, prompt, input_tokens, output_tokens; NaN tokens estimated from the
     prompt length and the tier's typical output, as in :mod:`training.costs`)."""
-    from training.costs import DEFAULT_CHARS_PER_TOKEN
-
     chars = rows["prompt"].astype(str).str.len().to_numpy(dtype=float)
     in_tok = _numeric(rows, "input_tokens")
-    in_tok = np.where(np.isnan(in_tok), chars / DEFAULT_CHARS_PER_TOKEN, in_tok)
-    per_tier = _estimated_tier_costs(catalog, in_tok, _numeric(rows, "output_tokens"))
+    in_tok = np.where(np.isnan(in_tok), pricing.estimated_input_tokens(chars), in_tok)
+    per_tier = pricing.tier_costs(catalog.tiers, in_tok, _numeric(rows, "output_tokens"))
     col = np.array([catalog.index(str(m)) for m in rows["model"]], dtype=np.int64)
     return per_tier[np.arange(len(rows)), col] if len(rows) else np.empty(0)
 

@@ -65,6 +65,8 @@ class Selection:
     def to_markdown(self) -> str:
         """A short table of the candidates' out-of-fold figures and the choice (for ``evaluation.md``)."""
         lo, hi = 100 * self.level, 100 * (1 - self.level)
+        if not self.aiq:
+            return f"## Model selection\n\nChosen: **{self.chosen}** ({self.reason}); no candidate was scored.\n"
         lines = [
             f"## Model selection ({self.n_prompts} out-of-fold prompts, {self.n_boot} paired bootstrap resamples)",
             "",
@@ -239,6 +241,14 @@ def select_candidate(
     return scores.select(reference, level=level)
 
 
+def skipped(chosen: str, reference: str, reason: str, n_prompts: int = 0) -> Selection:
+    """The record of a selection that scored nothing (one candidate, or too few prompts to tell them apart)."""
+    return Selection(
+        chosen=chosen, reference=reference, best=chosen, reason=reason, level=LEVEL, aiq={}, gap_closed={},
+        diff_lower={}, diff_upper={}, n_prompts=int(n_prompts), n_boot=0,
+    )
+
+
 def _finite_matrix(x: np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(x, dtype=float)
     if arr.ndim != 2:
@@ -325,7 +335,7 @@ def out_of_fold(prepared: Any, config: Any, fold: np.ndarray, *, progress: bool 
         cost=lab.cost[rows],
         acceptable=lab.acceptable[rows] > 0.5,
         row_costs=rc,
-        tier_costs=tier_costs,
+        tier_costs=np.asarray(tier_costs, dtype=float),
         fold_gap_closed=list(parts["gap"]),
         seconds=time.perf_counter() - t0,
     )
@@ -341,4 +351,6 @@ def blend(probas: Sequence[np.ndarray]) -> np.ndarray:
     return np.mean(arrs, axis=0)
 
 
-__all__ = ["CandidateScores", "Selection", "blend", "score_candidates", "select_candidate", "LEVEL", "N_BOOT"]
+__all__ = [
+    "CandidateScores", "Selection", "blend", "score_candidates", "select_candidate", "skipped", "LEVEL", "N_BOOT",
+]

@@ -7,14 +7,13 @@ silent change of routing. Free-form ``metadata`` is the one place where any keys
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from router.limits import MAX_COST_USD, MAX_LATENCY_MS, MAX_TOKENS
-from router.numbers import Integer, Number  # Number stays importable from here
+from router.numbers import Integer, Number, whole_number
 
 Role = Literal["single", "plan", "execute", "verify"]
 LatencyTolerance = Literal["realtime", "batch"]
@@ -33,24 +32,6 @@ MESSAGES_DOC = (
 )
 CONTEXT_CHARS = 300
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
-
-
-def whole_number(value: Any) -> Any:
-    """812.0 is a whole number in JSON (and YAML): accept it as a count (strict int still refuses 812.5 and true)."""
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    return value
-
-
-def number_message(err: Mapping[str, Any]) -> str | None:
-    """The message for a pydantic error about a Number / Integer in tierwise's words, or None for other errors
-    (pydantic says "valid number" for true, and "valid integer" for Infinity in an integer field)."""
-    kind, value = err.get("type"), err.get("input")
-    if isinstance(value, bool) and kind in ("float_type", "int_type"):
-        return "must be a number, not true/false"
-    if kind == "finite_number" or (kind == "int_type" and isinstance(value, float) and not math.isfinite(value)):
-        return "must be a finite number (not Infinity, NaN or beyond the float range)"
-    return None
 
 
 # Every number in a request body is a router.numbers Number (strict, finite); each field adds its own bounds.
@@ -513,6 +494,10 @@ class TiersResponse(BaseModel):
     quality_target: float
     quality_targets: list[float] = Field(description="quality_target values this model maps (empty: unsupported).")
     router_version: str
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="`ok` while the process answers.")
 
 
 class ReadyResponse(BaseModel):

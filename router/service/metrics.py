@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+from typing import Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,6 +27,24 @@ disable_created_metrics()  # no *_created series: they double the scrape size an
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 GC_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+KNOWN_PATHS = frozenset(
+    {
+        "/v1/route",
+        "/v1/route/batch",
+        "/v1/route/plan",
+        "/v1/feedback",
+        "/v1/tiers",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/admin/reload",
+    }
+)
+
+
+def endpoint_label(path: str) -> str:
+    """The ``endpoint`` label of a request path: unknown paths share one label, so scanners cannot grow the series."""
+    return path if path in KNOWN_PATHS else "other"
 
 
 def multiprocess_dir() -> str | None:
@@ -89,13 +108,13 @@ class ServiceMetrics:
             ("kind",),
             registry=r,
         )
-        mode = {"multiprocess_mode": "liveall"} if multiprocess_dir() else {}
+        mode: Literal["liveall", "all"] = "liveall" if multiprocess_dir() else "all"  # "all": the default
         self.model_info = Gauge(
             "tierwise_model_info",
             "The served model (value 1): name, version and whether it is the degraded last-good copy.",
             ("router_version", "degraded"),
             registry=r,
-            **mode,
+            multiprocess_mode=mode,
         )
 
         self.gc_pause = Histogram(
@@ -111,7 +130,7 @@ class ServiceMetrics:
             "tierwise_gc_frozen_objects",
             "Objects moved to the permanent GC generation after the last model load (0: heap freezing is off).",
             registry=r,
-            **mode,
+            multiprocess_mode=mode,
         )
 
     def watch_gc(self) -> None:

@@ -14,6 +14,8 @@ from pydantic_settings import SettingsConfigDict
 
 from router.settings import HomeSettings
 
+STATE_DIR_ENV = "TIERWISE_SERVE_STATE_DIR"  # set by `tierwise serve`: a worker's start-up error lands there
+
 
 class ServiceSettings(HomeSettings):
     """Settings of the HTTP routing service."""

@@ -96,7 +96,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         model = self.get_model()
         parts = []
-        all_tasks = list(tasks) if tasks is not None else [None] * len(texts)
+        all_tasks: list[str | None] = list(tasks) if tasks is not None else [None] * len(texts)
         for start in range(0, len(texts), chunk):
             end = start + chunk
             t, r, k = list(texts[start:end]), list(roles[start:end]), all_tasks[start:end]

@@ -1,0 +1,157 @@
+"""Error answers of the service: every 4xx/5xx body is ``{"error": {"type", "message", "field"}}``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from router.numbers import number_message
+from router.service.metrics import ServiceMetrics, endpoint_label
+from router.service.schemas import ErrorResponse
+
+log = logging.getLogger("tierwise.service")
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Malformed JSON or body."},
+    413: {"model": ErrorResponse, "description": "Body larger than max_body_bytes."},
+    415: {"model": ErrorResponse, "description": "Content-Type is not application/json."},
+    422: {"model": ErrorResponse, "description": "A field is missing, unknown or out of range (the error names it)."},
+}
+
+
+class StartupError(RuntimeError):
+    """Neither the configured model nor the last-good copy could be loaded."""
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"type", "message", "field"}}``."""
+
+    def __init__(self, status: int, type_: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.message = message
+        self.field = field
+
+
+def one_line(exc: BaseException, limit: int = 240) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    if len(first) > limit:
+        first = first[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+# ensure_ascii: error messages may quote the caller's input (lone surrogates included), and any input is safe here
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def error_body(status: int, type_: str, message: str, field: str | None, details: list[Any] | None = None) -> bytes:
+    err: dict[str, Any] = {"type": type_, "message": message, "field": field}
+    if details:
+        err["details"] = details
+    return _ENCODE({"error": err}).encode("ascii")
+
+
+_TYPE_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(x) for x in loc]
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    # union members show up as their type name (steps.0.str / steps.0.PlanStep): drop them
+    parts = [
+        p
+        for p in parts
+        if p not in ("str", "PlanStep", "list[ContentPart]") and not p.startswith(("function-", "json-or-python"))
+    ]
+    return ".".join(parts) or "body"
+
+
+def _message_of(err: dict[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid value"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown field (not part of the API; check the spelling)"
+    if err.get("type") == "missing":
+        msg = "field required"
+    return number_message(err) or msg
+
+
+def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
+    def respond(
+        request: Request, status: int, type_: str, message: str, field: str | None, details: list[Any] | None = None
+    ) -> Response:
+        metrics.errors.labels(endpoint=endpoint_label(request.url.path), status=str(status), type=type_).inc()
+        return Response(
+            error_body(status, type_, message, field, details), status_code=status, media_type="application/json"
+        )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return respond(request, exc.status, exc.type, exc.message, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        errors = list(exc.errors())
+        if not errors:
+            return respond(request, 422, "validation_error", "invalid request", "body")
+        first = errors[0]
+        if first.get("type") == "json_invalid":
+            ctx = first.get("ctx") or {}
+            pos = first.get("loc", ("body", "?"))[-1]
+            return respond(
+                request,
+                400,
+                "invalid_json",
+                f"malformed JSON body: {ctx.get('error', 'decode error')} at character {pos}",
+                "body",
+            )
+        if len(errors) == 1 and tuple(first.get("loc", ())) == ("body",) and first.get("type") == "missing":
+            return respond(request, 422, "validation_error", "request body is required (JSON object)", "body")
+        details = [{"field": _field_of(e.get("loc", ())), "message": _message_of(e)} for e in errors[:20]]
+        # a union (steps: str | PlanStep) reports one error per member: keep the most specific ones
+        fields = [d["field"] for d in details]
+        specific = [d for d in details if not any(f.startswith(d["field"] + ".") for f in fields)]
+        details = specific or details
+        field = details[0]["field"]
+        message = f"{field}: {details[0]['message']}"
+        if len(details) > 1:
+            message += f" (and {len(details) - 1} more problem(s), see details)"
+        return respond(request, 422, "validation_error", message, field, details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        status = exc.status_code
+        type_ = _TYPE_BY_STATUS.get(status, "error")
+        field = None
+        message = str(exc.detail)
+        if status == 400:
+            type_, field = "invalid_body", "body"
+            message = "request body could not be parsed (it must be UTF-8 encoded JSON)"
+        elif status == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif status == 405:
+            message = f"method {request.method} not allowed on {request.url.path}"
+        return respond(request, status, type_, message, field)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        log.error("internal error on %s: %s", request.url.path, one_line(exc), exc_info=exc)
+        return respond(request, 500, "internal_error", "internal error (see the server log)", None)

@@ -1,0 +1,115 @@
+"""Per-log model selection in training (``layout="auto"``): candidates scored out of fold, guarded choice, reuse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from training.demo import demo_catalog, demo_log
+from training.evaluation import model_proba
+from training.pipeline import (
+    DEFAULT_CANDIDATES,
+    MIN_SELECTION_PROMPTS,
+    TrainConfig,
+    evaluate,
+    fit_router,
+    heldout_set,
+    prepare_data,
+)
+
+
+@pytest.fixture(scope="module")
+def demo_prepared():
+    return prepare_data(demo_log(n_prompts=1500), demo_catalog())
+
+
+def _band_log() -> pd.DataFrame:
+    """The demo log, but its two cheapest tiers answer acceptably exactly when the prompt's length is in a middle
+    band: a non-monotone signal trees find and a linear model of the features cannot."""
+    df = demo_log(n_prompts=1500)
+    length = df["prompt"].str.len()
+    band = length.between(length.quantile(0.3), length.quantile(0.6)).astype(float)
+    cheap = df["model"].isin(["demo-nano", "demo-small"])
+    df.loc[cheap, "score"] = band[cheap]
+    return df
+
+
+def test_default_is_auto_with_the_fitted_layout_recorded(demo_prepared) -> None:
+    assert TrainConfig().layout == "auto"
+    fitted = fit_router(demo_prepared, TrainConfig(), progress=False)
+    sel = fitted.selection
+    assert sel is not None and fitted.config.layout == sel.chosen in DEFAULT_CANDIDATES
+    assert fitted.classifier.layout == sel.chosen
+    assert set(sel.aiq) == set(DEFAULT_CANDIDATES) and sel.n_boot == TrainConfig().selection_boot
+    split = demo_prepared.labelled.prompts["split"].to_numpy()
+    assert sel.n_prompts == int((demo_prepared.labelled.complete_rows & (split != "test")).sum())
+    assert all(np.isfinite(v) for v in sel.metrics().values())
+    md = sel.to_markdown()
+    assert "Model selection" in md and all(c in md for c in DEFAULT_CANDIDATES)
+    # the chosen layout routes exactly as if it had been pinned: selection only chooses
+    pinned = fit_router(demo_prepared, TrainConfig(layout=sel.chosen), progress=False)
+    assert pinned.selection is None and pinned.threshold == fitted.threshold
+    es = heldout_set(demo_prepared, TrainConfig())
+    np.testing.assert_allclose(
+        model_proba(fitted.as_router(), es, features=fitted.features[es.rows]),
+        model_proba(pinned.as_router(), es, features=pinned.features[es.rows]),
+    )
+
+
+def test_selection_switches_when_another_layout_wins_beyond_noise() -> None:
+    prepared = prepare_data(_band_log(), demo_catalog())
+    auto = fit_router(prepared, TrainConfig(), progress=False)
+    assert auto.selection is not None and auto.config.layout in ("per_tier", "blend")
+    sel = auto.selection
+    assert sel.diff_lower[sel.chosen] >= 0 and sel.aiq[sel.chosen] > sel.aiq["linear"]
+    assert "beats linear" in sel.reason
+    # and the choice holds on the test split, which selection never saw
+    linear = fit_router(prepared, TrainConfig(layout="linear"), progress=False)
+    assert evaluate(prepared, auto).metrics()["aiq"] > evaluate(prepared, linear).metrics()["aiq"]
+    # a candidate set without the winner keeps the fallback; a pinned fallback set changes nothing else
+    only_linear = fit_router(prepared, TrainConfig(candidates=["linear"]), progress=False)
+    assert only_linear.config.layout == "linear" and only_linear.selection is not None
+    assert only_linear.selection.reason == "the only candidate"
+
+
+def test_a_noisy_win_keeps_the_fallback(demo_prepared) -> None:
+    # at a level of 0.5 the best point estimate wins; at a strict level the same figures keep linear unless the
+    # lower bound of the difference is >= 0 (the bootstrap replicates are the same: same seed and prompts)
+    loose = fit_router(demo_prepared, TrainConfig(selection_level=0.5, selection_boot=50), progress=False)
+    strict = fit_router(demo_prepared, TrainConfig(selection_level=0.001, selection_boot=50), progress=False)
+    assert loose.selection is not None and strict.selection is not None
+    assert loose.selection.chosen == loose.selection.best
+    best = strict.selection.best
+    if best != "linear" and strict.selection.diff_lower[best] < 0:
+        assert strict.config.layout == "linear" and "within noise" in strict.selection.reason
+    else:
+        assert strict.config.layout == best
+
+
+def test_small_log_keeps_the_fallback_without_fitting_candidates() -> None:
+    prepared = prepare_data(demo_log(n_prompts=110), demo_catalog())
+    fitted = fit_router(prepared, TrainConfig(selection_fallback="blend"), progress=False)
+    assert fitted.config.layout == "blend" and fitted.classifier.layout == "blend"
+    assert fitted.selection is not None and fitted.selection.aiq == {}
+    assert f"selection needs {MIN_SELECTION_PROMPTS}" in fitted.selection.reason
+    assert "no candidate was scored" in fitted.selection.to_markdown()
+
+
+def test_selection_settings_are_validated() -> None:
+    with pytest.raises(ValidationError, match="selection_fallback"):
+        TrainConfig(candidates=["per_tier", "blend"])  # the fallback (linear) is not a candidate
+    with pytest.raises(ValidationError, match="distinct"):
+        TrainConfig(candidates=["linear", "linear"])
+    with pytest.raises(ValidationError):
+        TrainConfig(candidates=["stacked"], selection_fallback="stacked")  # not a selection candidate
+    with pytest.raises(ValidationError):
+        TrainConfig(candidates=[])
+    for bad in (0, 0.6, float("nan")):
+        with pytest.raises(ValidationError, match="selection_level"):
+            TrainConfig(selection_level=bad)
+    with pytest.raises(ValidationError, match="group_shrink"):
+        TrainConfig(group_shrink=-1)
+    # a pinned layout ignores the candidates
+    assert TrainConfig(layout="per_tier", candidates=["blend"]).layout == "per_tier"
