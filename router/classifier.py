@@ -245,22 +245,31 @@ class TierClassifier:
         return out
 
     def _fit_blend_trees(self, X: np.ndarray, Y: np.ndarray, observed: np.ndarray) -> None:
-        """``blend`` layout: the LightGBM part's out-of-fold predictions (folds drawn like the linear part's),
-        a Platt calibration per tier fitted on them, and the boosters refitted on every row."""
+        """``blend`` layout: LightGBM per tier on each out-of-fold partition (folds drawn like the linear part's),
+        a Platt calibration per tier fitted on their out-of-fold predictions, and the fold models kept: the served
+        trees are the mean of the fold models (a cross-fitted ensemble), so no refit on every row is needed."""
         assert self.oof_proba_ is not None
         fold = np.random.default_rng(self.random_state).integers(0, OOF_FOLDS, size=X.shape[0])
         raw = np.tile(np.asarray(self.priors_, dtype=float), (X.shape[0], 1))
+        self.boosters_ = []
         for j in range(OOF_FOLDS):
             a, b = fold != j, fold == j
-            if b.any() and a.sum() >= 2:
-                raw[b] = self._per_tier_raw(self._fit_per_tier(X[a], Y[a], observed[a]), X[b])
+            fitted = self._fit_per_tier(X[a], Y[a], observed[a])
+            self.boosters_ += fitted
+            if b.any():
+                raw[b] = self._per_tier_raw(fitted, X[b])
         self.blend_calibrators_ = [
             Calibrator.fit("sigmoid", raw[observed[:, t], t], Y[observed[:, t], t]) for t in range(self.n_tiers)
         ]
         trees = np.column_stack([c(raw[:, t]) for t, c in enumerate(self.blend_calibrators_)])
         self.component_oof_ = {"linear": self.oof_proba_, "per_tier": trees}
         self.oof_proba_ = (self.oof_proba_ + trees) / 2.0
-        self.boosters_ = self._fit_per_tier(X, Y, observed)
+
+    def _blend_trees_raw(self, X: np.ndarray, **kw: Any) -> np.ndarray:
+        """``blend`` layout: the mean of the fold models' per-tier predictions (boosters stored fold by fold)."""
+        k = len(self.boosters_) // self.n_tiers
+        folds = [self.boosters_[j * self.n_tiers : (j + 1) * self.n_tiers] for j in range(k)]
+        return np.mean([self._per_tier_raw(f, X, **kw) for f in folds], axis=0)
 
     def linear_part(self) -> TierClassifier:
         """``blend`` layout: its linear part as a ``linear``-layout classifier (the same fitted parameters and
@@ -321,7 +330,7 @@ class TierClassifier:
             lin = np.mean([_sigmoid(_linear_logits(params, X, groups)) for params in self._bags()], axis=0)
             if self.layout == "linear":
                 return lin
-            raw = self._per_tier_raw(self.boosters_, X, **kw)
+            raw = self._blend_trees_raw(X, **kw)
             trees = np.column_stack([c(raw[:, t]) for t, c in enumerate(self.blend_calibrators_)])
             return (lin + trees) / 2.0
         if self.layout == "stacked":

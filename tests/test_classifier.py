@@ -228,14 +228,21 @@ def test_blend_layout_averages_linear_and_calibrated_trees(tmp_path) -> None:
     trees = blend.component_oof_["per_tier"]
     assert trees.shape == (1500, 3) and ((trees > 0) & (trees < 1)).all()
     np.testing.assert_allclose(blend.oof_proba_, (alone.oof_proba_ + trees) / 2)
-    raw_trees = np.column_stack([b.predict(Xt) for b in blend.boosters_])
+    # the served trees are the mean of the three fold models (boosters stored fold by fold), then calibrated
+    assert len(blend.boosters_) == 3 * 3
+
+    def trees_raw(Z: np.ndarray) -> np.ndarray:
+        folds = [blend.boosters_[3 * j : 3 * j + 3] for j in range(3)]
+        return np.mean([np.column_stack([b.predict(Z) for b in f]) for f in folds], axis=0)
+
+    raw_trees = trees_raw(Xt)
     cal = np.column_stack([c(raw_trees[:, t]) for t, c in enumerate(blend.blend_calibrators_)])
     assert all(c.kind == "sigmoid" for c in blend.blend_calibrators_)
     np.testing.assert_allclose(blend.predict_proba(Xt), (alone.predict_proba(Xt) + cal) / 2)
-    # out-of-fold trees are not the in-sample fit: their AUC is lower than the refitted boosters' on the same rows
+    # out-of-fold trees are not the in-sample fit: their AUC is lower than the fold ensemble's on the same rows
     from sklearn.metrics import roc_auc_score
 
-    in_sample = np.column_stack([b.predict(X.astype(np.float32)) for b in blend.boosters_])
+    in_sample = trees_raw(X.astype(np.float32))
     assert roc_auc_score(Y[:, 0], trees[:, 0]) < roc_auc_score(Y[:, 0], in_sample[:, 0])
     # named tasks, the group prior and persistence work as for the linear layout
     assert blend.task_groups == ["a", "b"]

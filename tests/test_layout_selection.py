@@ -22,7 +22,12 @@ from training.pipeline import (
 
 @pytest.fixture(scope="module")
 def demo_prepared():
-    return prepare_data(demo_log(n_prompts=1500), demo_catalog())
+    return prepare_data(demo_log(n_prompts=1000), demo_catalog())
+
+
+@pytest.fixture(scope="module")
+def demo_auto(demo_prepared):
+    return fit_router(demo_prepared, TrainConfig(), progress=False)
 
 
 def _band_log() -> pd.DataFrame:
@@ -36,9 +41,9 @@ def _band_log() -> pd.DataFrame:
     return df
 
 
-def test_default_is_auto_with_the_fitted_layout_recorded(demo_prepared) -> None:
+def test_default_is_auto_with_the_fitted_layout_recorded(demo_prepared, demo_auto) -> None:
     assert TrainConfig().layout == "auto"
-    fitted = fit_router(demo_prepared, TrainConfig(), progress=False)
+    fitted = demo_auto
     sel = fitted.selection
     assert sel is not None and fitted.config.layout == sel.chosen in DEFAULT_CANDIDATES
     assert fitted.classifier.layout == sel.chosen
@@ -74,18 +79,18 @@ def test_selection_switches_when_another_layout_wins_beyond_noise() -> None:
     assert only_linear.selection.reason == "the only candidate"
 
 
-def test_a_noisy_win_keeps_the_fallback(demo_prepared) -> None:
-    # at a level of 0.5 the best point estimate wins; at a strict level the same figures keep linear unless the
-    # lower bound of the difference is >= 0 (the bootstrap replicates are the same: same seed and prompts)
+def test_the_level_and_resamples_reach_the_selection(demo_prepared, demo_auto) -> None:
+    # at a level of 0.5 the best point estimate wins; at the default level the same figures keep linear unless the
+    # lower bound of the difference is >= 0
     loose = fit_router(demo_prepared, TrainConfig(selection_level=0.5, selection_boot=50), progress=False)
-    strict = fit_router(demo_prepared, TrainConfig(selection_level=0.001, selection_boot=50), progress=False)
-    assert loose.selection is not None and strict.selection is not None
+    assert loose.selection is not None and loose.selection.n_boot == 50 and loose.selection.level == 0.5
     assert loose.selection.chosen == loose.selection.best
-    best = strict.selection.best
-    if best != "linear" and strict.selection.diff_lower[best] < 0:
-        assert strict.config.layout == "linear" and "within noise" in strict.selection.reason
+    sel = demo_auto.selection
+    assert sel is not None and sel.level == TrainConfig().selection_level
+    if sel.best != "linear" and sel.diff_lower[sel.best] < 0:
+        assert sel.chosen == "linear" and "within noise" in sel.reason
     else:
-        assert strict.config.layout == best
+        assert sel.chosen == sel.best
 
 
 def test_small_log_keeps_the_fallback_without_fitting_candidates() -> None:
