@@ -95,9 +95,10 @@ def test_the_level_and_resamples_reach_the_selection(demo_prepared, demo_auto) -
 
 def test_small_log_keeps_the_fallback_without_fitting_candidates() -> None:
     prepared = prepare_data(demo_log(n_prompts=110), demo_catalog())
-    fitted = fit_router(prepared, TrainConfig(selection_fallback="blend"), progress=False)
+    fitted = fit_router(prepared, TrainConfig(selection_fallback="blend", selection_level=0.2), progress=False)
     assert fitted.config.layout == "blend" and fitted.classifier.layout == "blend"
     assert fitted.selection is not None and fitted.selection.aiq == {}
+    assert fitted.selection.level == 0.2  # the configured level is what the run records
     assert f"selection needs {MIN_SELECTION_PROMPTS}" in fitted.selection.reason
     assert "no candidate was scored" in fitted.selection.to_markdown()
 

@@ -621,7 +621,8 @@ def _select_layout(
         )
         chosen = candidates[0] if len(candidates) == 1 else fallback
         log.info("model selection: %s (%s)", chosen, why)
-        return config.model_copy(update={"layout": chosen}), None, skipped(chosen, fallback, why, int(rows.sum()))
+        record = skipped(chosen, fallback, why, int(rows.sum()), config.selection_level)
+        return config.model_copy(update={"layout": chosen}), None, record
     blend_config = config.model_copy(update={"layout": "blend"})
     log.info("model selection among %s (fallback %s)", ", ".join(candidates), fallback)
     blended = _fit_classifier(prepared, blend_config, X, n_embedding, seen)

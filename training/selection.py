@@ -241,10 +241,10 @@ def select_candidate(
     return scores.select(reference, level=level)
 
 
-def skipped(chosen: str, reference: str, reason: str, n_prompts: int = 0) -> Selection:
+def skipped(chosen: str, reference: str, reason: str, n_prompts: int = 0, level: float = LEVEL) -> Selection:
     """The record of a selection that scored nothing (one candidate, or too few prompts to tell them apart)."""
     return Selection(
-        chosen=chosen, reference=reference, best=chosen, reason=reason, level=LEVEL, aiq={}, gap_closed={},
+        chosen=chosen, reference=reference, best=chosen, reason=reason, level=float(level), aiq={}, gap_closed={},
         diff_lower={}, diff_upper={}, n_prompts=int(n_prompts), n_boot=0,
     )
 
