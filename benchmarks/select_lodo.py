@@ -22,15 +22,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +39,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import quality_data as QD  # noqa: E402
 from cv_features import fold_of_prompt  # noqa: E402
+from nested_oof import blend, out_of_fold  # noqa: E402
 
 from training.pipeline import TrainConfig, prepare_data  # noqa: E402
-from training.selection import CandidateScores, blend, out_of_fold, score_candidates  # noqa: E402
+from training.selection import CandidateScores, score_candidates  # noqa: E402
+from training.variants import get_variant, register_variant, variant_names  # noqa: E402
 
 log = logging.getLogger("tierwise.benchmark")
 REPO = Path(__file__).resolve().parent.parent
@@ -51,36 +51,53 @@ REPO = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Candidate:
-    """A candidate router: TrainConfig overrides, or the mean of other candidates' probabilities."""
+    """A candidate router: a registered variant (``training.variants``), or the mean of other candidates'
+    probabilities."""
 
     name: str
-    overrides: dict[str, Any] = field(default_factory=dict)
     blend_of: tuple[str, ...] = ()
-    concat_static: bool = False
-    """Research: the embedding is the default encoder's and the static encoder's vectors concatenated."""
 
 
-LINEAR = {"layout": "linear"}
+def _concat_static(config: TrainConfig) -> ConcatEncoder:
+    """Research encoder factory: the config's encoder and the static one, vectors side by side."""
+    from router.encoders import build_encoder
+
+    kw: dict[str, Any] = {"threads": 2, "max_tokens": config.encoder_max_tokens,
+                          "head_tokens": config.encoder_head_tokens}
+    return ConcatEncoder(build_encoder(config.encoder, layers=config.encoder_layers, **kw),
+                         build_encoder("minilm-static", **kw))
+
+
+def _register_variants() -> None:
+    """The benchmark's own variants, registered through the public extension point (the product registers
+    ``auto``, ``linear``, ``per_tier`` and ``blend``)."""
+    linear = {"layout": "linear"}
+    own: list[tuple[str, dict[str, Any], Any]] = [
+        ("blend-layout", {"layout": "blend"}, None),
+        ("linear-shrink3", {**linear, "group_shrink": 3.0}, None),
+        ("linear-shrink30", {**linear, "group_shrink": 30.0}, None),
+        ("linear-shrink100", {**linear, "group_shrink": 100.0}, None),
+        ("linear-static", {**linear, "encoder": "minilm-static"}, None),
+        ("per_tier-static", {"encoder": "minilm-static", "layout": "per_tier"}, None),
+        ("linear-both", linear, _concat_static),
+        ("per_tier-both", {"layout": "per_tier"}, _concat_static),
+    ]
+    for name, overrides, encoder in own:
+        if name not in variant_names():
+            register_variant(name, config=overrides, encoder=encoder, description="select_lodo.py research variant")
+
+
+_register_variants()
 CANDIDATES: dict[str, Candidate] = {
     c.name: c
     for c in (
-        Candidate("linear", LINEAR),
-        Candidate("per_tier", {"layout": "per_tier"}),
+        *(Candidate(name) for name in variant_names()),
+        # "blend" here is the mean of two nested fits (the name of the earlier tables); the product's blend layout is
+        # measured as "blend-layout"
         Candidate("blend", blend_of=("linear", "per_tier")),
-        # the product's blend layout: linear + out-of-fold-calibrated trees in one bundle
-        Candidate("blend-layout", {"layout": "blend"}),
-        # the product's default: per-log selection among linear, per_tier and blend inside every fold's fit
-        Candidate("auto", {}),
-        Candidate("linear-shrink3", {**LINEAR, "group_shrink": 3.0}),
-        Candidate("linear-shrink30", {**LINEAR, "group_shrink": 30.0}),
-        Candidate("linear-shrink100", {**LINEAR, "group_shrink": 100.0}),
-        Candidate("linear-static", {**LINEAR, "encoder": "minilm-static"}),
-        Candidate("per_tier-static", {"encoder": "minilm-static", "layout": "per_tier"}),
         Candidate("blend-static", blend_of=("linear-static", "per_tier-static")),
         Candidate("blend-linear-encoders", blend_of=("linear", "linear-static")),
         Candidate("blend4", blend_of=("linear", "per_tier", "linear-static", "per_tier-static")),
-        Candidate("linear-both", LINEAR, concat_static=True),
-        Candidate("per_tier-both", {"layout": "per_tier"}, concat_static=True),
         Candidate("blend-both", blend_of=("linear-both", "per_tier-both")),
     )
 }
@@ -107,26 +124,6 @@ class Oof:
 
 def _work_file(work: Path, dataset: str, folds: int, seed: int, name: str) -> Path:
     return work / f"{dataset}-f{folds}-s{seed}" / f"{name}.npz"
-
-
-@contextlib.contextmanager
-def _concat_encoder(on: bool) -> Iterator[None]:
-    """Research only: fit_router's encoder is the default one and the static one, vectors concatenated."""
-    if not on:
-        yield
-        return
-    import router.encoders as E
-
-    real = E.build_encoder
-
-    def build(name: str, *args: Any, **kw: Any) -> Any:
-        return ConcatEncoder(real(name, *args, **kw), real("minilm-static", *args, **kw))
-
-    E.build_encoder = build
-    try:
-        yield
-    finally:
-        E.build_encoder = real
 
 
 class ConcatEncoder:
@@ -161,14 +158,13 @@ def fit_dataset(
     if todo:
         df, catalog = QD.DATASETS[name].load(shared)
         df = df[df["split"] != "test"].copy()  # the dataset's test split is never looked at
-        prepared = prepare_data(df.assign(split="train"), catalog, config=TrainConfig(**LINEAR))
+        prepared = prepare_data(df.assign(split="train"), catalog, config=TrainConfig(layout="linear"))
         lab = prepared.labelled
         fold = fold_of_prompt(pd.DataFrame({"prompt_id": lab.prompts.index.astype(str)}), seed, folds).to_numpy()
         labels_file.parent.mkdir(parents=True, exist_ok=True)
         for c in todo:
             cand = CANDIDATES[c]
-            with _concat_encoder(cand.concat_static):
-                oof = out_of_fold(prepared, TrainConfig(**cand.overrides), fold)
+            oof = out_of_fold(prepared, get_variant(cand.name), fold)
             pid = np.asarray(lab.prompts.index.astype(str))[oof.rows].astype(str)
             print(f"  {name}: {c} fitted on {folds} folds in {oof.seconds:.0f}s", file=sys.stderr, flush=True)
             if c == DEFAULT:

@@ -203,6 +203,42 @@ class Catalog(BaseModel):
         p = self.planning.min_verify_tier
         return self.index(p) if p is not None else 0
 
+    def review(self) -> tuple[list[str], list[str]]:
+        """``(errors, warnings)`` of a valid catalog that still cannot route well (``tierwise catalog check``).
+
+        Errors: a tier listed after another one whose prices are both at least as high and one higher (the order is
+        cheapest first: routing escalates up the list, so an inverted pair escalates to a cheaper model). Warnings:
+        tiers without prices (training then needs the log's ``cost_usd`` for them) and pairs whose prices cross
+        (one cheaper per input token, the other per output token) where a typical call costs less on the later tier.
+        Loading never fails on these: bundles written with such a catalog keep loading."""
+        errors: list[str] = []
+        warnings: list[str] = []
+        for t in self.tiers:
+            if not t.has_prices:
+                missing = [f for f in ("input_usd_per_1m", "output_usd_per_1m") if getattr(t, f) is None]
+                warnings.append(
+                    f"tier {t.name!r} (model {t.model!r}) has no {' / '.join(missing)}: training needs the log's "
+                    "cost_usd for it and its place in the cheapest-first order cannot be checked"
+                )
+        priced = [t for t in self.tiers if t.has_prices]
+        for i, low in enumerate(priced):
+            for high in priced[i + 1 :]:
+                a = (low.input_usd_per_1m or 0.0, low.output_usd_per_1m or 0.0)
+                b = (high.input_usd_per_1m or 0.0, high.output_usd_per_1m or 0.0)
+                if b[0] <= a[0] and b[1] <= a[1] and b != a:
+                    errors.append(
+                        f"tier {high.name!r} ({b[0]:g} / {b[1]:g} USD per 1M input / output tokens) is cheaper "
+                        f"than tier {low.name!r} ({a[0]:g} / {a[1]:g}) listed before it; tiers go cheapest first"
+                    )
+                elif b[0] < a[0] or b[1] < a[1]:
+                    tokens = pricing.DEFAULT_OUTPUT_TOKENS
+                    if high.price_usd(1000, tokens) < low.price_usd(1000, tokens):
+                        warnings.append(
+                            f"tier {high.name!r} costs less than tier {low.name!r} listed before it for a call of "
+                            f"1000 input and {tokens} output tokens; check the cheapest-first order"
+                        )
+        return errors, warnings
+
     # --- I/O -----------------------------------------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str] | None = None) -> Catalog:

@@ -35,13 +35,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
 from router.defaults import LAYOUT, default_calibration
+
+if TYPE_CHECKING:  # pragma: no cover - typing only: lightgbm is imported where a LightGBM layout fits or loads
+    import lightgbm as lgb
 
 Layout = Literal["linear", "stacked", "per_tier", "blend"]
 LAYOUTS = ("linear", "stacked", "per_tier", "blend")
@@ -69,7 +71,9 @@ DEFAULT_LGBM_PARAMS: dict[str, Any] = {
     "lambda_l2": 1.0,
     "max_bin": 63,
     "verbose": -1,
-    "num_threads": 2,
+    # one thread: on these sizes a second one saves little, and OpenMP threads that spin-wait for a busy core made
+    # fits many times slower when other work shared the machine (deterministic: the same trees either way)
+    "num_threads": 1,
     "deterministic": True,
     "force_col_wise": True,
 }
@@ -293,6 +297,8 @@ class TierClassifier:
     ) -> lgb.Booster | None:
         if y.size == 0 or np.unique(y).size < 2:
             return None  # constant outcome: the prior is the prediction
+        import lightgbm as lgb
+
         ds = lgb.Dataset(
             X, label=y, init_score=init_score, categorical_feature=categorical or "auto", free_raw_data=True
         )
@@ -443,11 +449,16 @@ class TierClassifier:
         obj.n_bags = len(obj._bags()) or LINEAR_BAGS
         obj.n_features_ = meta["n_features"]
         obj.priors_ = meta["priors"]
-        obj.boosters_ = [
-            None if f is None else lgb.Booster(model_str=(d / f).read_text(encoding="utf-8")) for f in meta["boosters"]
-        ]
+        obj.boosters_ = [None if f is None else _load_booster(d / f) for f in meta["boosters"]]
         obj.calibrators_ = [Calibrator(**c) for c in meta["calibrators"]]
         return obj
+
+
+def _load_booster(path: Path) -> lgb.Booster:
+    """A saved LightGBM model; lightgbm is imported here so that a linear-layout bundle never imports it."""
+    import lightgbm as lgb
+
+    return lgb.Booster(model_str=path.read_text(encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 >>> from router import Router
 >>> r = Router.load("models:/tierwise@champion")          # or a local bundle / MLflow model directory
 >>> d = r.route("Summarise this paragraph in one sentence: ...")
->>> d.tier, d.model, d.probabilities, d.reason
+>>> d.tier, d.model, d.p_acceptable, d.reason
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from router import pricing
 from router.bundle import BundleMeta, find_bundle, read_meta
 from router.catalog import Catalog
 from router.classifier import TierClassifier
@@ -34,13 +35,13 @@ if TYPE_CHECKING:
     from router.encoders import Encoder
 
 
-def check_threshold(threshold: object) -> float:
-    """The threshold knob as a float in [0, 1]; a ValueError for a bool, a string, NaN or inf (comparisons with NaN
-    are false, so the range test refuses it too)."""
+def check_threshold(threshold: object, name: str = "threshold") -> float:
+    """A knob (``threshold``, ``quality_target``) as a float in [0, 1]; a ValueError for a bool, a string, NaN or
+    inf (comparisons with NaN are false, so the range test refuses it too)."""
     if isinstance(threshold, bool):
-        raise ValueError("threshold must be a number, not true/false")
+        raise ValueError(f"{name} must be a number, not true/false")
     if not isinstance(threshold, numbers.Real) or not 0.0 <= cast(float, threshold) <= 1.0:
-        raise ValueError(f"threshold must be a finite number in [0, 1], got {threshold!r}")
+        raise ValueError(f"{name} must be a finite number in [0, 1], got {threshold!r}")
     return float(threshold)
 
 
@@ -50,11 +51,27 @@ class Decision(BaseModel):
     tier: str = Field(description="Recommended tier name.")
     tier_index: int = Field(description="Position of the tier in the catalog (0 = cheapest).")
     model: str = Field(description="Model that serves the recommended tier.")
-    probabilities: dict[str, float] = Field(description="Predicted P(acceptable answer) per tier, cheapest first.")
+    p_acceptable: dict[str, float] = Field(
+        description="Predicted P(acceptable answer) per tier, cheapest first (the HTTP API's p_acceptable)."
+    )
     threshold: float = Field(description="Threshold the decision used.")
     reason: str = Field(description="Why this tier: a Reason code.")
-    escalation: list[str] = Field(description="Tiers to try next, in order, if the answer fails verification.")
+    escalation: list[str] = Field(
+        description="Tiers to try next, in order, if the answer fails verification: pricier tiers, each more likely "
+        "to answer than the tiers before it."
+    )
     role: str = Field(description="Agent role the decision was made for.")
+    estimated_cost_usd: pricing.CallCost | None = Field(
+        None,
+        description="Expected USD of the call on the chosen and the top tier (list prices, else the bundle's fitted "
+        "cost model), with the tokens assumed: the HTTP API's estimated_cost_usd plus the batch prices and where "
+        "each figure comes from; None when the decision was made without the prompt's length.",
+    )
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        """Former name of :attr:`p_acceptable` (kept for callers written before the names were unified)."""
+        return self.p_acceptable
 
 
 @dataclass(frozen=True)
@@ -171,6 +188,40 @@ class Router:
         raw = self.meta.training.get("cost_model")
         return None if raw is None else CostModel.model_validate(raw)
 
+    @property
+    def chars_per_token(self) -> float:
+        """Characters per input token learned by training (``training["chars_per_token"]``), else the default."""
+        return pricing.resolve_chars_per_token(self.meta.training.get("chars_per_token"))
+
+    @cached_property
+    def threshold_table(self) -> list[tuple[float, float]]:
+        """``(quality_target, threshold)`` pairs chosen by training, by increasing target (empty for bundles
+        without a table)."""
+        table = self.meta.training.get("threshold_table") or []
+        rows: list[tuple[float, float]] = []
+        for row in table if isinstance(table, list) else []:
+            try:
+                rows.append((float(row["quality_target"]), float(row["threshold"])))
+            except (KeyError, TypeError, ValueError):
+                continue
+        return sorted(rows)
+
+    def threshold_for(self, quality_target: float) -> float:
+        """The knob for a quality target (share of the best single tier's quality): the threshold of the lowest
+        target in :attr:`threshold_table` that meets it. The one rule behind ``quality_target`` in the Python,
+        CLI and HTTP APIs."""
+        qt = check_threshold(quality_target, "quality_target")
+        rows = self.threshold_table
+        if not rows:
+            raise ValueError(f"this model ({self.ref.label}) has no threshold table, so quality_target is not "
+                             "supported; give a threshold instead")
+        for target, thr in rows:
+            if target >= qt - 1e-9:
+                return thr
+        raise ValueError(
+            f"quality_target {qt} is above the highest target this model was calibrated for ({rows[-1][0]})"
+        )
+
     def row_costs(self, prompts: Sequence[str]) -> np.ndarray | None:
         """Per-prompt relative tier costs ``[n, T]`` for the utility rule, or None (no cost model: mean costs)."""
         cm = self.cost_model
@@ -221,13 +272,16 @@ class Router:
         min_tier: str | None = None,
         max_tier: str | None = None,
         task: str | None = None,
+        quality_target: float | None = None,
     ) -> Decision:
         """Recommend a tier for one prompt. See :func:`router.decision.decide` for the rule.
 
         ``task``: the prompt's task, named as in the training log's ``task`` column, when the caller knows it
-        (a known task routes with its learned success rates; see :attr:`known_tasks`)."""
+        (a known task routes with its learned success rates; see :attr:`known_tasks`). ``quality_target``: instead
+        of ``threshold``, the knob training chose for that share of the best tier's quality (:meth:`threshold_for`)."""
         return self.route_batch(
-            [prompt], threshold=threshold, roles=[role], min_tier=min_tier, max_tier=max_tier, tasks=[task]
+            [prompt], threshold=threshold, roles=[role], min_tier=min_tier, max_tier=max_tier, tasks=[task],
+            quality_target=quality_target,
         )[0]
 
     def route_batch(
@@ -238,10 +292,15 @@ class Router:
         min_tier: str | None = None,
         max_tier: str | None = None,
         tasks: Sequence[str | None] | None = None,
+        quality_target: float | None = None,
     ) -> list[Decision]:
         """Vectorised :meth:`route`: one encoder and one classifier call for all prompts."""
         if isinstance(prompts, str):
             raise TypeError("route_batch takes a sequence of prompts; use route() for one prompt")
+        if quality_target is not None:
+            if threshold is not None:
+                raise ValueError("give threshold or quality_target, not both")
+            threshold = self.threshold_for(quality_target)
         roles = list(roles) if roles is not None else [None] * len(prompts)
         for r in roles:
             if r is not None and r not in ROLES:
@@ -267,7 +326,8 @@ class Router:
         """Turn one row of probabilities into a :class:`Decision` (no model call).
 
         ``prompt_chars``: the routed text's length in characters; with the bundle's cost model the utility rule
-        prices each tier for this prompt. Without it (or without a cost model) it uses the tiers' mean costs.
+        prices each tier for this prompt. Without it (or without a cost model) it uses the tiers' mean costs. With
+        it the decision carries its expected USD (``estimated_cost_usd``, :func:`router.pricing.call_cost`).
         """
         thr = self.threshold if threshold is None else check_threshold(threshold)
         role = role or "single"
@@ -286,15 +346,23 @@ class Router:
             row_costs=None if cm is None or prompt_chars is None else cm.relative([prompt_chars])[0],
         )
         tier = cat.tiers[choice.tier]
+        cost = None
+        if prompt_chars is not None:
+            cost = pricing.call_cost(
+                cat.tiers, choice.tier, prompt_chars, chars_per_token=self.chars_per_token, cost_model=self.cost_model
+            )
         return Decision(
             tier=tier.name,
             tier_index=choice.tier,
             model=tier.model,
-            probabilities={t: round(float(p), 6) for t, p in zip(self.tiers, proba, strict=True)},
+            p_acceptable={t: round(float(p), 6) for t, p in zip(self.tiers, proba, strict=True)},
             threshold=thr,
             reason=choice.reason.value,
-            escalation=[cat.tiers[i].name for i in escalation_path(choice.tier, len(cat.tiers), hi)],
+            escalation=[
+                cat.tiers[i].name for i in escalation_path(choice.tier, len(cat.tiers), hi, probabilities=proba)
+            ],
             role=role,
+            estimated_cost_usd=cost,
         )
 
     def choose(

@@ -16,6 +16,10 @@ range seen in training are priced as the nearest seen length, so the fit is neve
 
 Costs are reported relative to ``unit``, the mean cost of the top tier on the training prompts, which is the unit
 of the utility rule's price (``lam * relative cost``). Pure numpy; stored as JSON in the bundle.
+
+``priced`` says which tiers had a logged cost at all: a tier without one is fitted as free (the utility rule needs a
+number), but its price is unknown, and :mod:`router.pricing` must not report it as 0 USD. Bundles written before the
+field existed lack it; there a free intercept (:data:`FREE`) counts as unknown.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ class CostModel(BaseModel):
     slope: list[float] = Field(description="Per tier: elasticity of cost to prompt length.")
     chars_range: tuple[int, int] = Field(description="Shortest and longest training prompt (characters).")
     unit: float = Field(gt=0, description="USD counted as 1: the top tier's mean cost on the training prompts.")
+    priced: list[bool] | None = Field(
+        None, description="Per tier: the training log had a cost for it (None: a bundle from before the field)."
+    )
 
     _a: np.ndarray = PrivateAttr()
     _b: np.ndarray = PrivateAttr()
@@ -48,6 +55,13 @@ class CostModel(BaseModel):
     def n_tiers(self) -> int:
         return len(self.intercept)
 
+    @property
+    def known(self) -> list[bool]:
+        """Per tier: whether :meth:`predict` is a cost learned from the log (False: the tier was never priced)."""
+        if self.priced is not None:
+            return list(self.priced)
+        return [a > FREE for a in self.intercept]
+
     @classmethod
     def fit(cls, chars: Sequence[int] | np.ndarray, cost: np.ndarray) -> CostModel:
         """Fit on prompt lengths ``chars [n]`` and per-call costs ``cost [n, T]`` (NaN = tier not tried)."""
@@ -56,10 +70,11 @@ class CostModel(BaseModel):
         cost = np.asarray(cost, dtype=float)
         if cost.ndim != 2 or cost.shape[0] != x.shape[0]:
             raise ValueError(f"cost must be [n, T] with n = {x.shape[0]}, got shape {cost.shape}")
-        intercept, slope = [], []
+        intercept, slope, priced = [], [], []
         for t in range(cost.shape[1]):
             c = cost[:, t]
             seen = np.isfinite(c)
+            priced.append(bool(seen.any()))
             mean = float(c[seen].mean()) if seen.any() else 0.0
             positive = seen & (c > 0)
             if mean <= 0:
@@ -82,7 +97,7 @@ class CostModel(BaseModel):
             finite = cost[np.isfinite(cost)]
             unit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
         lo, hi = (int(n_chars.min()), int(n_chars.max())) if n_chars.size else (0, 0)
-        return cls(intercept=intercept, slope=slope, unit=unit, chars_range=(lo, hi))
+        return cls(intercept=intercept, slope=slope, unit=unit, chars_range=(lo, hi), priced=priced)
 
     def predict(self, chars: Sequence[int] | np.ndarray) -> np.ndarray:
         """Expected USD per call ``[n, T]`` for prompts of ``chars`` characters (clipped to ``chars_range``)."""

@@ -19,10 +19,15 @@ Then floors and ceilings apply: the role's floor (a planner never goes below the
    is a hard limit).
 
 The reason code says which step decided, so a caller can log and trust the decision.
+
+If the chosen tier's answer fails verification, :func:`escalation_path` lists the tiers to try next: pricier tiers,
+each more likely to answer than every tier tried before it (a tier that costs more and is less likely to answer is
+never worth the call), up to ``max_tier``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -177,11 +182,15 @@ def decide_batch(
         rel = relative_costs(tier_costs, t) if row_costs is None else _row_costs(row_costs, (n, t))
         tiers = utility_choice(p, threshold, rel)
     elif rule == "threshold":
-        meets = p >= threshold
-        any_meets = meets.any(axis=1)
-        tiers = np.where(any_meets, meets.argmax(axis=1), p.argmax(axis=1))
+        q = np.where(np.isnan(p), -np.inf, p)  # a NaN probability never qualifies nor wins the argmax
+        meets = q >= threshold
+        tiers = np.where(meets.any(axis=1), meets.argmax(axis=1), q.argmax(axis=1))
     else:
         raise ValueError(f"unknown decision rule {rule!r}; choose one of {', '.join(RULES)}")
+    lo = 0 if min_tier is None else min_tier
+    hi = t - 1 if max_tier is None else max_tier
+    if not 0 <= lo <= hi <= t - 1:
+        raise ValueError(f"need 0 <= min_tier <= max_tier <= {t - 1}, got {min_tier}, {max_tier}")
     if floors is not None:
         tiers = np.maximum(tiers, floors)
     if min_tier is not None:
@@ -191,7 +200,30 @@ def decide_batch(
     return tiers.astype(int)
 
 
-def escalation_path(chosen: int, n_tiers: int, max_tier: int | None = None) -> list[int]:
-    """Tiers to try, in order, if the chosen tier's answer fails verification: every tier above it."""
+def escalation_path(
+    chosen: int,
+    n_tiers: int,
+    max_tier: int | None = None,
+    probabilities: np.ndarray | Sequence[float] | None = None,
+) -> list[int]:
+    """Tiers to try, in order, if the chosen tier's answer fails verification, up to ``max_tier``.
+
+    With ``probabilities`` (P(acceptable) per tier, as :func:`decide` takes them): only the pricier tiers that raise
+    P(acceptable) above the best seen so far along the path, starting from the chosen tier's, so the path never
+    pays more for a tier less likely to answer (a strictly increasing P). Without them: every tier above ``chosen``
+    (the rule before probabilities were passed; kept for callers that have none).
+    """
     top = n_tiers - 1 if max_tier is None else max_tier
-    return list(range(chosen + 1, top + 1))
+    above = range(chosen + 1, top + 1)
+    if probabilities is None:
+        return list(above)
+    p = np.asarray(probabilities, dtype=float)
+    if p.shape != (n_tiers,):
+        raise ValueError(f"probabilities must have {n_tiers} values, got shape {p.shape}")
+    path: list[int] = []
+    best = p[chosen] if 0 <= chosen < n_tiers and np.isfinite(p[chosen]) else -np.inf
+    for t in above:
+        if p[t] > best:  # NaN never passes: an unpredicted tier is not worth paying for
+            path.append(t)
+            best = p[t]
+    return path

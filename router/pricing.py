@@ -8,6 +8,11 @@
   request's estimate is that rounded to a whole number of at least 1 (:func:`request_input_tokens`). Training learns
   characters per token from the log and stores one value in the model bundle (``training["chars_per_token"]``);
   without it, :data:`DEFAULT_CHARS_PER_TOKEN` (:func:`resolve_chars_per_token`).
+* A tier without list prices (e.g. a catalog drafted from a log that records each call's ``cost_usd``): the model's
+  fitted cost model (:class:`router.cost_model.CostModel`, ``training["cost_model"]`` in the bundle) prices it from
+  the prompt's length, when it learned a cost for that tier; else its cost is unknown (None / NaN). List prices win
+  where both exist. :func:`call_cost` (one routed call, what a :class:`router.Decision` carries) and
+  :func:`tier_costs` (``cost_model=`` and ``prompt_chars=``, many calls) apply this rule.
 
 Used by the catalog (``Tier.price_usd``), training (:mod:`training.costs`, :mod:`training.reports`) and the service.
 Pure functions, no I/O; this module imports nothing of tierwise at run time (the catalog imports it).
@@ -17,17 +22,39 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
-    from router.catalog import Tier
+    from router.cost_model import CostModel
+
+
+class Tier(Protocol):
+    """What pricing reads of a tier (``router.catalog.Tier`` has it; the catalog imports this module, not the
+    other way round)."""
+
+    @property
+    def input_usd_per_1m(self) -> float | None: ...
+    @property
+    def output_usd_per_1m(self) -> float | None: ...
+    @property
+    def batch_discount(self) -> float: ...
+    @property
+    def typical_output_tokens(self) -> int | None: ...
+    @property
+    def has_prices(self) -> bool: ...
+
 
 __all__ = [
     "DEFAULT_CHARS_PER_TOKEN",
     "DEFAULT_OUTPUT_TOKENS",
+    "CallCost",
+    "CostSource",
     "assumed_output_tokens",
+    "call_cost",
+    "cost_model_usd",
     "estimated_input_tokens",
     "median_chars_per_token",
     "request_input_tokens",
@@ -135,10 +162,16 @@ def tier_usd(tier: Tier, input_tokens: float, output_tokens: float, *, batch: bo
 
 
 def tier_costs(
-    tiers: Sequence[Tier], input_tokens: np.ndarray, output_tokens: np.ndarray | None = None
+    tiers: Sequence[Tier],
+    input_tokens: np.ndarray,
+    output_tokens: np.ndarray | None = None,
+    *,
+    cost_model: CostModel | None = None,
+    prompt_chars: np.ndarray | None = None,
 ) -> np.ndarray:
     """``[n, T]`` list-price USD of ``n`` calls on every tier: NaN (or absent) output tokens -> the tier's
-    :func:`assumed_output_tokens`; a tier without prices -> NaN."""
+    :func:`assumed_output_tokens`; a tier without prices -> the ``cost_model``'s USD for ``prompt_chars`` characters
+    (:func:`cost_model_usd`) when both are given, else NaN."""
     i = np.asarray(input_tokens, dtype=float)
     o = np.full(len(i), np.nan) if output_tokens is None else np.asarray(output_tokens, dtype=float)
     out = np.full((len(i), len(tiers)), np.nan)
@@ -147,7 +180,88 @@ def tier_costs(
             continue
         filled = np.where(np.isnan(o), float(tier_output_tokens(tier)), o)
         out[:, t] = usd_array(i, filled, tier.input_usd_per_1m, tier.output_usd_per_1m)
+    if cost_model is not None and prompt_chars is not None:
+        fitted = cost_model_usd(cost_model, tiers, prompt_chars)
+        out = np.where(np.isnan(out), fitted, out)
     return out
+
+
+def cost_model_usd(
+    cost_model: CostModel, tiers: Sequence[Tier], prompt_chars: np.ndarray | Sequence[int]
+) -> np.ndarray:
+    """``[n, T]`` USD per call of prompts of ``prompt_chars`` characters as the fitted ``cost_model`` predicts it
+    (list price, before any batch discount); NaN for a tier the model never saw priced and for NaN lengths.
+
+    Raises ValueError when the cost model was fitted for another number of tiers than ``tiers``.
+    """
+    if cost_model.n_tiers != len(tiers):
+        raise ValueError(f"cost_model prices {cost_model.n_tiers} tiers but the catalog has {len(tiers)}")
+    chars = np.asarray(prompt_chars, dtype=float).reshape(-1)
+    ok = np.isfinite(chars)
+    out = np.full((len(chars), len(tiers)), np.nan)
+    if ok.any():
+        out[ok] = cost_model.predict(chars[ok])
+    out[:, ~np.asarray(cost_model.known, dtype=bool)] = np.nan
+    return out
+
+
+CostSource = Literal["list_price", "cost_model"]
+
+
+class CallCost(BaseModel):
+    """What one routed call is expected to cost (see the module doc for where each number comes from)."""
+
+    tier: float | None = Field(description="USD of the call on the chosen tier, list price (None: unknown).")
+    top_tier: float | None = Field(description="USD of the same call on the top tier, list price (None: unknown).")
+    batch_tier: float | None = Field(description="USD on the chosen tier through the batch API (None: unknown).")
+    batch_top_tier: float | None = Field(description="USD on the top tier through the batch API (None: unknown).")
+    input_tokens: int = Field(description="Estimated input tokens (characters / chars-per-token).")
+    output_tokens: int = Field(description="Assumed output tokens of the chosen tier.")
+    source: CostSource | None = Field(
+        description="Where the chosen tier's USD comes from: the catalog's list prices or the fitted cost model."
+    )
+    top_tier_source: CostSource | None = Field(description="The same for the top tier's USD.")
+
+
+def _one_call(
+    tier: Tier, t: int, input_tokens: int, output_tokens: int, fitted: np.ndarray | None, batch: bool
+) -> tuple[float | None, CostSource | None]:
+    listed = tier_usd(tier, input_tokens, output_tokens, batch=batch)
+    if listed is not None:
+        return listed, "list_price"
+    if fitted is not None and np.isfinite(fitted[t]):
+        # the log's costs were list prices paid: the provider's batch discount applies to them alike
+        return float(fitted[t]) * ((1.0 - tier.batch_discount) if batch else 1.0), "cost_model"
+    return None, None
+
+
+def call_cost(
+    tiers: Sequence[Tier],
+    chosen: int,
+    prompt_chars: int,
+    *,
+    chars_per_token: float | None = None,
+    cost_model: CostModel | None = None,
+) -> CallCost:
+    """Expected USD of one call of ``prompt_chars`` characters on tier ``chosen`` and on the top tier: the list
+    price of :func:`request_input_tokens` input and the tier's :func:`tier_output_tokens` output tokens; a tier
+    without list prices is priced by ``cost_model`` (:func:`cost_model_usd`) when it knows the tier."""
+    if not 0 <= chosen < len(tiers):
+        raise ValueError(f"chosen must be a tier index in 0..{len(tiers) - 1}, got {chosen}")
+    in_tok = request_input_tokens(prompt_chars, chars_per_token)
+    top = len(tiers) - 1
+    fitted = None
+    if cost_model is not None and not (tiers[chosen].has_prices and tiers[top].has_prices):
+        fitted = cost_model_usd(cost_model, tiers, [prompt_chars])[0]  # only when a list price is missing: hot path
+    out_c, out_t = tier_output_tokens(tiers[chosen]), tier_output_tokens(tiers[top])
+    usd_c, src_c = _one_call(tiers[chosen], chosen, in_tok, out_c, fitted, False)
+    usd_t, src_t = _one_call(tiers[top], top, in_tok, out_t, fitted, False)
+    batch_c, _ = _one_call(tiers[chosen], chosen, in_tok, out_c, fitted, True)
+    batch_t, _ = _one_call(tiers[top], top, in_tok, out_t, fitted, True)
+    return CallCost(
+        tier=usd_c, top_tier=usd_t, batch_tier=batch_c, batch_top_tier=batch_t, input_tokens=in_tok,
+        output_tokens=out_c, source=src_c, top_tier_source=src_t,
+    )
 
 
 def tier_output_tokens(tier: Tier) -> int:

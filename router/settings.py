@@ -54,6 +54,17 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
     return default_tracking_uri(s.home)
 
 
+def sqlite_store_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` tracking URI (relative to the cwd, as SQLAlchemy reads it); None for
+    other stores and in-memory databases."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path)
+
+
 def default_artifact_root(home: Path | None = None) -> str:
     """Artifact location for experiments created in the default SQLite store (absolute, not cwd-relative)."""
     home = (home or home_settings().home).expanduser().resolve()

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -85,3 +87,32 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         self._log.close()
+
+
+@contextmanager
+def running_server(env: dict[str, str], log_path: Path) -> Iterator[ServerProcess]:
+    """A ready :class:`ServerProcess`, stopped when the block ends (a module fixture's body)."""
+    srv = ServerProcess(env, log_path)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@contextmanager
+def http_client(srv: ServerProcess, timeout: float = 60) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=srv.url, timeout=timeout) as c:
+        yield c
+
+
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` on the server's ``/metrics`` whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for fam in text_string_to_metric_families(client.get("/metrics").text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total

@@ -11,6 +11,7 @@ import yaml
 from router.catalog import DEFAULT_CATALOG_PATH, Catalog, CatalogError, Tier
 from training.catalog_draft import (
     catalog_to_commented_yaml,
+    draft,
     draft_catalog,
     draft_catalog_with_notes,
     slugify_model,
@@ -209,3 +210,33 @@ def test_catalog_sidecar_path() -> None:
     assert catalog_sidecar_path("feedback.csv.gz") == Path("feedback.catalog.yaml")
     assert catalog_sidecar_path("/x/logs.v2.parquet") == Path("/x/logs.v2.catalog.yaml")
     assert catalog_sidecar_path("noext") == Path("noext.catalog.yaml")
+
+
+def _catalog(*tiers: tuple[str, float | None, float | None]) -> Catalog:
+    return Catalog(
+        tiers=[Tier(name=n, model=f"m-{n}", input_usd_per_1m=i, output_usd_per_1m=o) for n, i, o in tiers]
+    )
+
+
+def test_review_flags_an_inverted_price_order_and_missing_prices() -> None:
+    errors, warnings = _catalog(("small", 0.5, 1.5), ("large", 10, 30)).review()
+    assert errors == [] and warnings == []
+    errors, warnings = _catalog(("small", 10, 30), ("mid", None, None), ("large", 0.5, 1.5)).review()
+    assert len(errors) == 1 and "tier 'large'" in errors[0] and "cheaper than tier 'small'" in errors[0]
+    assert len(warnings) == 1 and "tier 'mid'" in warnings[0] and "input_usd_per_1m" in warnings[0]
+    # prices that cross: a typical call (1000 in, 256 out) is cheaper on the later tier -> a warning only
+    errors, warnings = _catalog(("a", 0.1, 10.0), ("b", 1.0, 2.0)).review()
+    assert errors == [] and len(warnings) == 1 and "tier 'b' costs less than tier 'a'" in warnings[0]
+    assert Catalog.from_yaml(DEFAULT_CATALOG_PATH).review() == ([], [])  # the shipped catalog is in order
+
+
+def test_draft_without_costs_says_its_order_is_a_guess() -> None:
+    log = pd.DataFrame({"model": ["zeta/big", "alpha/small", "zeta/big"], "score": [1.0, 0.0, 1.0]})
+    d = draft(log)
+    assert d.catalog.tier_names == ["small", "big"] and d.uncosted == ["small", "big"] and d.order_is_guessed
+    header = d.header("log.csv")
+    assert "ALPHABETICAL" in header and "fill them in" in header
+    text = catalog_to_commented_yaml(d.catalog, d.notes, header=header)
+    assert "# Drafted by `tierwise catalog init` from log.csv" in text and "# no logged cost (2 attempts)" in text
+    costed = draft(log.assign(cost_usd=[2.0, 1.0, 2.0]))
+    assert costed.uncosted == [] and "mean logged cost" in costed.header("x")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from router.catalog import Catalog
+from router.catalog import DEFAULT_CATALOG_PATH, Catalog
 from training.cli import app
 from training.demo import demo_log, write_demo_log
 
@@ -132,3 +132,42 @@ def test_train_config_refuses_non_finite_and_non_numbers(tmp_path: Path, config:
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
     assert not (tmp_path / "m.db").exists()  # refused before anything was trained or stored
+
+
+def test_catalog_init_without_costs_says_the_order_is_a_guess_and_writes_notes(tmp_path: Path) -> None:
+    log = tmp_path / "nocost.csv"
+    demo_log(n_prompts=50, seed=1).drop(columns=["cost_usd"]).to_csv(log, index=False)
+    out = tmp_path / "drafted.yaml"
+    res = runner.invoke(app, ["catalog", "init", "--data", str(log), "--out", str(out)])
+    assert res.exit_code == 0, res.stderr
+    assert "cheapest first" not in res.stdout  # before: alphabetical order announced as cheapest first
+    assert "no costs" in res.stderr and "alphabetical" in res.stderr
+    text = out.read_text()
+    assert "ALPHABETICAL" in text and "# no logged cost" in text  # the notes reach the file (before: notes={})
+    assert Catalog.from_yaml(out).tier_names == sorted(Catalog.from_yaml(out).tier_names)
+    res = runner.invoke(app, ["catalog", "check", str(out)])
+    assert res.exit_code == 0 and res.stdout.startswith("ok:")
+    assert "warning:" in res.stderr and "'demo-large' (model 'demo-large') has no input_usd_per_1m" in res.stderr
+
+
+def test_catalog_check_fails_on_an_inverted_price_order(tmp_path: Path) -> None:
+    cat = tmp_path / "inverted.yaml"
+    cat.write_text(
+        "tiers:\n"
+        "  - {name: large, model: m-large, input_usd_per_1m: 10, output_usd_per_1m: 30}\n"
+        "  - {name: small, model: m-small, input_usd_per_1m: 0.5, output_usd_per_1m: 1.5}\n"
+    )
+    res = runner.invoke(app, ["catalog", "check", str(cat)])
+    assert res.exit_code == 2  # before: "ok: 2 tiers"
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {cat}: tier 'small'") and "cheaper than tier 'large'" in err[0]
+
+
+def test_forgotten_catalog_names_the_default_it_used(tmp_path: Path) -> None:
+    log = tmp_path / "mine.csv"
+    demo_log(n_prompts=40, seed=1).assign(model=lambda d: "acme/" + d["model"]).to_csv(log, index=False)
+    res = runner.invoke(app, ["label", "--data", str(log), "--out", str(tmp_path / "o.csv")])
+    assert res.exit_code == 2
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "never appear in the log" in err[0]
+    assert str(DEFAULT_CATALOG_PATH) in err[0] and "--catalog" in err[0] and "tierwise catalog init" in err[0]

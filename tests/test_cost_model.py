@@ -95,3 +95,17 @@ def test_row_costs_are_validated() -> None:
         decide(np.array([0.5, 0.6]), 0.5, rule="utility", row_costs=[0.1, 0.2, 1.0])
     with pytest.raises(ValueError, match="finite and non-negative"):
         decide_batch(np.array([[0.5, 0.6]]), 0.5, rule="utility", row_costs=np.array([[np.nan, 1.0]]))
+
+
+def test_known_tiers_tell_a_free_tier_from_an_unpriced_one() -> None:
+    chars = np.array([100, 200, 300, 400])
+    cost = np.column_stack([np.zeros(4), np.full(4, np.nan), [0.01, 0.02, 0.03, 0.04]])
+    cm = CostModel.fit(chars, cost)
+    # both fitted as free (the utility rule needs a number), but only the first one's 0 USD was logged
+    assert cm.predict([250])[0, 0] == 0 and cm.predict([250])[0, 1] == 0
+    assert cm.known == [True, False, True]
+    again = CostModel.model_validate_json(cm.model_dump_json())
+    assert again.known == [True, False, True]
+    # a bundle written before `priced` existed: a free intercept is taken as unknown, never as 0 USD
+    old = CostModel.model_validate({k: v for k, v in cm.model_dump(mode="json").items() if k != "priced"})
+    assert old.priced is None and old.known == [False, False, True]

@@ -68,9 +68,25 @@ def test_batch_matches_scalar_rule() -> None:
 
 
 def test_escalation_path() -> None:
+    # without probabilities (callers that have none): every tier above the chosen one, up to max_tier
     assert escalation_path(1, 4) == [2, 3]
     assert escalation_path(3, 4) == []
     assert escalation_path(0, 4, max_tier=2) == [1, 2]
+
+
+def test_escalation_path_only_raises_p_acceptable() -> None:
+    # tier 1 is pricier than tier 0 but less likely to answer; tier 3 is pricier than 2 and less likely too
+    p = [0.6, 0.3, 0.8, 0.7]
+    assert escalation_path(0, 4, probabilities=p) == [2]
+    # strictly increasing along the path: each step beats the best seen so far, not only its predecessor
+    assert escalation_path(0, 5, probabilities=[0.5, 0.9, 0.7, 0.8, 0.95]) == [1, 4]
+    assert escalation_path(0, 3, probabilities=[0.5, 0.5, 0.6]) == [2]  # an equal P is no gain
+    assert escalation_path(0, 4, max_tier=1, probabilities=p) == []  # max_tier still caps the path
+    assert escalation_path(0, 4, max_tier=2, probabilities=p) == [2]
+    assert escalation_path(3, 4, probabilities=p) == []
+    assert escalation_path(0, 3, probabilities=[0.2, np.nan, 0.4]) == [2]  # an unpredicted tier is skipped
+    with pytest.raises(ValueError, match="probabilities must have 4 values"):
+        escalation_path(0, 4, probabilities=[0.1, 0.2])
 
 
 def test_utility_rule_weighs_gain_against_relative_cost() -> None:

@@ -82,14 +82,14 @@ def test_rows_the_database_refuses_are_dropped_and_counted_and_the_writer_goes_o
     _decision(dlog, "surrogate", task="bad \ud800 task")
     done = _feedback(dlog, "good-1")
     assert dlog.flush()
-    assert done.result(5) is None
+    assert done.result(5) is True
     assert _ids(tmp_path / "log.db", "decisions") == ["good-1"]
     assert _ids(tmp_path / "log.db", "feedback") == ["good-1"]
     assert counts.dropped == 2 and counts.errors == ["row", "row"]
     assert dlog.health() is None  # refused rows are bad data, not a broken writer
     # ... and the writer is alive: later rows are written
     _decision(dlog, "good-2")
-    assert _feedback(dlog, "good-2").result(5) is None
+    assert _feedback(dlog, "good-2").result(5) is True
     assert _ids(tmp_path / "log.db", "feedback") == ["good-1", "good-2"]
     dlog.close()
 
@@ -122,7 +122,7 @@ def test_a_failing_database_is_counted_reported_and_recovered_from(tmp_path: Pat
     counts = Counts()
     dlog = _log(db, counts)
     _decision(dlog, "r1")
-    assert _feedback(dlog, "r1").result(5) is None
+    assert _feedback(dlog, "r1").result(5) is True
     # someone drops the feedback table: every transaction with feedback now fails (a database error, retried)
     other = sqlite3.connect(db, isolation_level=None)
     other.execute("DROP TABLE feedback")
@@ -140,7 +140,7 @@ def test_a_failing_database_is_counted_reported_and_recovered_from(tmp_path: Pat
         "input_tokens REAL, output_tokens REAL, cost_usd REAL, latency_ms REAL, metadata TEXT)"
     )
     other.close()
-    assert _feedback(dlog, "r1").result(10) is None
+    assert _feedback(dlog, "r1").result(10) is True
     assert dlog.health() is None
     dlog.close()
 
@@ -158,13 +158,13 @@ def test_a_stopped_writer_is_reported_and_restarted(tmp_path: Path) -> None:
     _decision(dlog, "r1")
     written = _feedback(dlog, "r1")
     refused = dlog.record_feedback(request_id="r1", tier="\udc00", model="m-a", score=1.0, acceptable=True)
-    assert written.result(5) is None  # committed before the writer stopped
+    assert written.result(5) is True  # committed before the writer stopped
     with pytest.raises(DecisionLogError, match="writer stopped"):
         refused.result(5)  # whoever waited is told, not left hanging
     problem = dlog.health()
     assert problem is not None and "stopped" in problem and "restarted" in problem
     _decision(dlog, "r2")
-    assert _feedback(dlog, "r2").result(5) is None
+    assert _feedback(dlog, "r2").result(5) is True
     assert dlog.health() is None
     assert _ids(db, "feedback") == ["r1", "r2"]
     dlog.close()
@@ -184,7 +184,7 @@ def test_writes_failing_on_a_held_lock_recover_once_it_is_released_without_new_r
     counts = Counts()
     dlog = _log(db, counts, busy_seconds=0.1, probe_seconds=0.2)
     _decision(dlog, "r1")
-    assert _feedback(dlog, "r1").result(5) is None
+    assert _feedback(dlog, "r1").result(5) is True
     other = sqlite3.connect(db, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     lost = _feedback(dlog, "r1")
@@ -197,7 +197,7 @@ def test_writes_failing_on_a_held_lock_recover_once_it_is_released_without_new_r
     other.close()
     assert _wait_healthy(dlog) is None  # no row was queued meanwhile: the probe cleared it
     assert counts.dropped == 1 and counts.errors == ["batch"]  # probes are not counted as write errors
-    assert _feedback(dlog, "r1").result(5) is None
+    assert _feedback(dlog, "r1").result(5) is True
     assert _ids(db, "feedback") == ["r1", "r1"]
     dlog.close()
 
@@ -224,7 +224,7 @@ def test_rows_of_the_batch_a_dying_writer_held_are_counted(tmp_path: Path) -> No
     assert counts.dropped == 3 and _ids(db, "decisions") == []
     assert "restarted" in (dlog.health() or "")
     _decision(dlog, "d3")
-    assert _feedback(dlog, "d3").result(5) is None
+    assert _feedback(dlog, "d3").result(5) is True
     assert counts.dropped == 3 and _ids(db, "decisions") == ["d3"]  # nothing counted twice
     dlog.close()
 
@@ -262,7 +262,7 @@ def test_durable_future_resolves_only_after_commit_and_a_closed_log_refuses(tmp_
     dlog = _log(db, flush_seconds=5.0)  # non-durable rows would wait 5 s for company; durable ones do not
     _decision(dlog, "r1")
     done = _feedback(dlog, "r1", durable=True)
-    assert done.result(2) is None  # well before the 5 s batching interval
+    assert done.result(2) is True  # well before the 5 s batching interval
     assert _ids(db, "feedback") == ["r1"]  # visible to another connection: committed
     dlog.close()
     after = _feedback(dlog, "r1")
@@ -278,9 +278,10 @@ def test_a_retried_feedback_id_is_written_once(tmp_path: Path) -> None:
     _decision(dlog, "r1")
     same_batch = [_feedback(dlog, "r1", feedback_id="fb-1", score=s) for s in (1.0, 0.0)]
     anonymous = [_feedback(dlog, "r1") for _ in range(2)]
-    assert all(f.result(5) is None for f in same_batch + anonymous)
-    assert _feedback(dlog, "r1", feedback_id="fb-1", durable=True).result(5) is None  # a later batch
-    assert _feedback(dlog, "r1", feedback_id="fb-2", durable=True).result(5) is None
+    # each future says whether its row was written: the retry of fb-1 in the same batch was not
+    assert [f.result(5) for f in same_batch + anonymous] == [True, False, True, True]
+    assert _feedback(dlog, "r1", feedback_id="fb-1", durable=True).result(5) is False  # a later batch
+    assert _feedback(dlog, "r1", feedback_id="fb-2", durable=True).result(5) is True
     dlog.close()
     conn = connect(db, readonly=True)
     rows = conn.execute("SELECT feedback_id, score FROM feedback ORDER BY id").fetchall()
@@ -331,8 +332,7 @@ def test_an_old_log_gains_the_catalogs_table(tmp_path: Path) -> None:
     # the service opens it, adds the table (and the feedback_id column) and stores catalogs
     dlog = _log(db)
     dlog.record_catalog("svc/1", CAT_A.to_yaml())
-    for _ in range(2):
-        assert _feedback(dlog, "old", feedback_id="fb-1").result(5) is None
+    assert [_feedback(dlog, "old", feedback_id="fb-1").result(5) for _ in range(2)] == [True, False]
     dlog.close()
     conn = connect(db, readonly=True)
     assert conn.execute("SELECT router_version FROM catalogs").fetchall() == [("svc/1",)]

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from router.decision import decide_batch
 from training import metrics as M
+
+
+def choose(proba: np.ndarray, threshold: float, min_tier: int | None = None, max_tier: int | None = None) -> np.ndarray:
+    """The threshold rule, the one way the product decides (router.decision)."""
+    return decide_batch(proba, threshold, min_tier=min_tier, max_tier=max_tier, rule="threshold")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -55,7 +61,7 @@ def report(data: dict[str, np.ndarray]) -> M.EvaluationReport:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_choose_tiers_rule_fallback_and_clamping() -> None:
+def test_threshold_rule_fallback_and_clamping() -> None:
     proba = np.array(
         [
             [0.90, 0.95, 0.99],  # tier 0 qualifies
@@ -65,14 +71,12 @@ def test_choose_tiers_rule_fallback_and_clamping() -> None:
             [np.nan, 0.90, 0.10],  # NaN never qualifies
         ]
     )
-    assert M.choose_tiers(proba, 0.8).tolist() == [0, 1, 1, 2, 1]
-    assert M.choose_tiers(proba, 0.8, min_tier=1).tolist() == [1, 1, 1, 2, 1]
-    assert M.choose_tiers(proba, 0.8, max_tier=1).tolist() == [0, 1, 1, 1, 1]
-    assert M.choose_tiers(proba, 0.0).tolist() == [0, 0, 0, 0, 1]
-    per_prompt = np.array([0.95, 0.95, 0.5, 0.5, 0.5])
-    assert M.choose_tiers(proba, per_prompt).tolist() == [1, 2, 1, 2, 1]
-    with pytest.raises(ValueError):
-        M.choose_tiers(proba, 0.5, min_tier=2, max_tier=1)
+    assert choose(proba, 0.8).tolist() == [0, 1, 1, 2, 1]
+    assert choose(proba, 0.8, min_tier=1).tolist() == [1, 1, 1, 2, 1]
+    assert choose(proba, 0.8, max_tier=1).tolist() == [0, 1, 1, 1, 1]
+    assert choose(proba, 0.0).tolist() == [0, 0, 0, 0, 1]
+    with pytest.raises(ValueError, match="min_tier <= max_tier"):
+        choose(proba, 0.5, min_tier=2, max_tier=1)
 
 
 @pytest.mark.parametrize(("min_tier", "max_tier"), [(0, None), (1, 2)])
@@ -85,7 +89,7 @@ def test_threshold_curve_matches_brute_force(data: dict[str, np.ndarray], min_ti
     share_cols = [f"share_t{t}" for t in range(n_tiers)]
     np.testing.assert_allclose(curve[share_cols].sum(axis=1), 1.0)
     for _, row in curve.iloc[:: max(1, len(curve) // 40)].iterrows():
-        choice = M.choose_tiers(proba, row["threshold"], min_tier, max_tier)
+        choice = choose(proba, row["threshold"], min_tier, max_tier)
         quality, cost = M.realised(choice, data["score"], data["cost"])
         assert row["quality"] == pytest.approx(quality, abs=1e-12)
         assert row["cost"] == pytest.approx(cost, abs=1e-15)

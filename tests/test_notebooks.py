@@ -43,16 +43,11 @@ def test_committed_notebook_is_clean(name: str) -> None:
 # execution
 # --------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("notebooks")
-
-
-@pytest.fixture(scope="module")
-def store(workdir: Path) -> str:
+def store(work: Path) -> str:
     from training.demo import demo_catalog, demo_log
     from training.pipeline import TrainConfig, train
 
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    uri = f"sqlite:///{work / 'mlflow.db'}"
     result = train(
         demo_log(n_prompts=600), catalog=demo_catalog(), config=TrainConfig(n_estimators=50), register=MODEL,
         tracking_uri=uri, progress=False,
@@ -62,11 +57,11 @@ def store(workdir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def kernel_env(store: str, workdir: Path) -> Iterator[None]:
+def kernel_env(store: str, work: Path) -> Iterator[None]:
     """Environment of the kernels: this interpreter as ``python3`` and the notebook parameters."""
     from jupyter_client.kernelspec import KernelSpecManager
 
-    spec_dir = workdir / "jupyter" / "kernels" / "python3"
+    spec_dir = work / "jupyter" / "kernels" / "python3"
     spec_dir.mkdir(parents=True)
     spec = {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
@@ -75,7 +70,7 @@ def kernel_env(store: str, workdir: Path) -> Iterator[None]:
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", str(workdir / "jupyter"))  # searched before user and system kernelspecs
+        mp.setenv("JUPYTER_PATH", str(work / "jupyter"))  # searched before user and system kernelspecs
         mp.setenv("MLFLOW_TRACKING_URI", store)
         mp.setenv("TIERWISE_NB_MODEL_URI", f"models:/{MODEL}@champion")
         mp.setenv("MPLBACKEND", "Agg")
@@ -118,8 +113,8 @@ def _text(outputs: list[dict]) -> str:
     return "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
 
 
-def test_routing_quality_runs(kernel_env: None, workdir: Path) -> None:
-    nb = _execute("routing_quality", workdir)
+def test_routing_quality_runs(kernel_env: None, work: Path) -> None:
+    nb = _execute("routing_quality", work)
     outs = _outputs(nb)
     assert not [o for o in outs if o.get("output_type") == "error"]
     assert _count(outs, "image/png") >= 4  # cost-quality, tier mix, confusion, reliability
@@ -136,8 +131,8 @@ def test_routing_quality_runs(kernel_env: None, workdir: Path) -> None:
     assert _count(_outputs(nb, "evaluate_model("), "text/markdown", "removes") == 1
 
 
-def test_savings_report_runs_on_labelled_demo(kernel_env: None, workdir: Path) -> None:
-    nb = _execute("savings_report", workdir, TIERWISE_NB_MONTHLY_REQUESTS="250000")
+def test_savings_report_runs_on_labelled_demo(kernel_env: None, work: Path) -> None:
+    nb = _execute("savings_report", work, TIERWISE_NB_MONTHLY_REQUESTS="250000")
     outs = _outputs(nb)
     assert _count(outs, "image/png") == 1
     assert "SYNTHETIC demo log" in _text(outs) and "test prompts" in _text(outs)
@@ -146,13 +141,13 @@ def test_savings_report_runs_on_labelled_demo(kernel_env: None, workdir: Path) -
     assert _count(_outputs(nb, "monthly_projection("), "text/markdown", "250,000 requests") == 1
 
 
-def test_savings_report_runs_on_decision_log(kernel_env: None, workdir: Path) -> None:
+def test_savings_report_runs_on_decision_log(kernel_env: None, work: Path) -> None:
     from router.service.decision_log import DecisionLog
     from training.demo import demo_catalog
 
     cat = demo_catalog()
     top = cat.tiers[-1]
-    db = workdir / "decisions.db"
+    db = work / "decisions.db"
     dlog = DecisionLog(db).start()
     for i in range(40):
         tier = cat.tiers[i % len(cat.tiers)]
@@ -166,7 +161,7 @@ def test_savings_report_runs_on_decision_log(kernel_env: None, workdir: Path) ->
         )
     assert dlog.flush()
     dlog.close()
-    nb = _execute("savings_report", workdir, TIERWISE_NB_DECISIONS=str(db))
+    nb = _execute("savings_report", work, TIERWISE_NB_DECISIONS=str(db))
     outs = _outputs(nb)
     assert "40 decisions" in _text(outs)
     assert _count(outs, "image/png") == 1

@@ -81,7 +81,7 @@ def test_router_loads_from_registry_and_routes(trained, store: str) -> None:
     assert r.tiers == demo_catalog().tier_names
     d = r.route("Say hello to my friend.")
     assert d.tier in r.tiers and d.model == demo_catalog().tier(d.tier).model
-    assert set(d.probabilities) == set(r.tiers)
+    assert set(d.p_acceptable) == set(r.tiers)
     assert d.threshold == pytest.approx(trained.threshold)
     hard = (
         "Prove that for every prime p > 3, p^2 - 1 is divisible by 24. Then write a Python function that checks it "
@@ -101,12 +101,12 @@ def test_router_routes_with_a_task_the_caller_names(trained, store: str) -> None
     r = Router.load(f"models:/{NAME}@champion", tracking_uri=store)
     assert r.known_tasks == sorted(TASKS)
     p = "Write a Python function that merges two sorted lists."
-    plain = r.route(p).probabilities
-    assert r.route(p, task="no-such-task").probabilities == plain
-    assert r.route(p, task="code").probabilities != plain
-    assert r.route(p, task="math").probabilities != r.route(p, task="code").probabilities
+    plain = r.route(p).p_acceptable
+    assert r.route(p, task="no-such-task").p_acceptable == plain
+    assert r.route(p, task="code").p_acceptable != plain
+    assert r.route(p, task="math").p_acceptable != r.route(p, task="code").p_acceptable
     batch = r.route_batch([p, p], tasks=["math", None])
-    assert [d.probabilities for d in batch] == [r.route(p, task="math").probabilities, plain]
+    assert [d.p_acceptable for d in batch] == [r.route(p, task="math").p_acceptable, plain]
     with pytest.raises(ValueError, match="1 entries for 2 prompts"):
         r.route_batch([p, p], tasks=["math"])
 
@@ -160,7 +160,14 @@ def test_router_roles_and_clamps(trained, store: str) -> None:
     assert top.tier == r.tiers[0]
     assert top.escalation == []
     low = r.route("hi", threshold=0.0)
-    assert low.tier == r.tiers[0] and low.escalation == r.tiers[1:]
+    assert low.tier == r.tiers[0]
+    # escalation: only the tiers that raise P(acceptable) over the best so far, in price order
+    best, want = low.p_acceptable[r.tiers[0]], []
+    for t in r.tiers[1:]:
+        if low.p_acceptable[t] > best:
+            best = low.p_acceptable[t]
+            want.append(t)
+    assert low.escalation == want
     with pytest.raises(ValueError, match="unknown role"):
         r.route("hi", role="boss")
     with pytest.raises(KeyError, match="unknown tier"):
@@ -174,7 +181,7 @@ def test_router_loads_from_local_directory(trained, store: str, tmp_path: Path) 
     r = Router.load(local)
     r2 = Router.load(Path(local) / "artifacts" / "bundle")
     p = "Translate 'good morning' to French."
-    assert r.route(p).probabilities == r2.route(p).probabilities
+    assert r.route(p).p_acceptable == r2.route(p).p_acceptable
 
 
 def test_pyfunc_in_fresh_process(trained, store: str) -> None:
@@ -194,9 +201,9 @@ def test_pyfunc_in_fresh_process(trained, store: str) -> None:
     assert len(rows) == 3
     assert rows[0]["tier"] in demo_catalog().tier_names
     # a task column names each prompt's task, as in the training log
-    p_cols = [f"p_{t}" for t in demo_catalog().tier_names]
+    p_cols = [f"p_acceptable.{t}" for t in demo_catalog().tier_names]
     assert [rows[1][c] for c in p_cols] != [rows[2][c] for c in p_cols]
-    assert {f"p_{t}" for t in demo_catalog().tier_names} <= set(rows[0])
+    assert set(p_cols) <= set(rows[0])
     # the default ONNX encoder serves without torch
     assert lines[-1] == "TORCH False"
 
@@ -267,7 +274,7 @@ def test_cli_route_prints_a_decision(trained, store: str) -> None:
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["tier"] in demo_catalog().tier_names
-    assert set(out["probabilities"]) == set(demo_catalog().tier_names)
+    assert set(out["p_acceptable"]) == set(demo_catalog().tier_names)
     assert out["router_version"] == f"{NAME}/1"
 
 

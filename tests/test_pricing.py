@@ -12,8 +12,6 @@ import pytest
 from router import pricing
 from router.catalog import Catalog, CatalogError, Tier
 from router.pricing import DEFAULT_CHARS_PER_TOKEN, DEFAULT_OUTPUT_TOKENS
-from router.service import Service
-from router.service.model_manager import LoadedModel
 from training import reports
 from training.costs import estimate_costs, learn_chars_per_token
 
@@ -32,14 +30,9 @@ def _catalog(typical_top: int | None = 0) -> Catalog:
     )
 
 
-def _loaded(catalog: Catalog, training: dict[str, object] | None = None) -> LoadedModel:
-    """What the service precomputes for a model (the router stubbed: only its catalog and metadata are read)."""
-    router = SimpleNamespace(
-        ref=SimpleNamespace(label="t/1", name="t", version="1"),
-        meta=SimpleNamespace(training=training or {}, encoder={"kind": "static", "source": "x"}),
-        catalog=catalog,
-    )
-    return LoadedModel(router=router, source="local", uri="x")
+def _router_meta(training: dict[str, object] | None = None) -> SimpleNamespace:
+    """What Router's pricing properties read of a bundle (its metadata), without a model."""
+    return SimpleNamespace(meta=SimpleNamespace(training=training or {}))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -89,18 +82,19 @@ def test_token_estimates_and_defaults() -> None:
 # --------------------------------------------------------------------------------------------------------------
 # typical_output_tokens: 0 stays 0 everywhere
 # --------------------------------------------------------------------------------------------------------------
-def test_zero_typical_output_tokens_stays_zero_in_the_service_estimate() -> None:
+def test_zero_typical_output_tokens_stays_zero_in_a_decisions_estimate() -> None:
+    """What a Decision carries as estimated_cost_usd (the service passes it through unchanged)."""
     cat = _catalog(typical_top=0)
-    m = _loaded(cat)
-    assert m.out_tokens == [DEFAULT_OUTPUT_TOKENS, DEFAULT_OUTPUT_TOKENS, 0]
-    in_tok, out_tok, usd, top_usd = Service._costs(m, 2, 400, False)
-    assert (in_tok, out_tok) == (100, 0)
-    assert usd == pytest.approx(100 * 10.0 / 1e6) and top_usd == pytest.approx(100 * 10.0 / 1e6)
-    in_tok, out_tok, usd, top_usd = Service._costs(m, 0, 400, True)  # batch price of the small tier
-    assert (in_tok, out_tok) == (100, DEFAULT_OUTPUT_TOKENS)
-    assert usd == pytest.approx((100 * 1.0 + 256 * 2.0) / 1e6 * 0.5) and top_usd == pytest.approx(1000 / 1e6)
-    _, _, usd, top_usd = Service._costs(m, 1, 400, False)
-    assert usd is None and top_usd is not None  # no prices for that tier: unknown
+    assert [pricing.tier_output_tokens(t) for t in cat.tiers] == [DEFAULT_OUTPUT_TOKENS, DEFAULT_OUTPUT_TOKENS, 0]
+    c = pricing.call_cost(cat.tiers, 2, 400, chars_per_token=DEFAULT_CHARS_PER_TOKEN)
+    assert (c.input_tokens, c.output_tokens) == (100, 0)
+    assert c.tier == pytest.approx(100 * 10.0 / 1e6) and c.top_tier == pytest.approx(100 * 10.0 / 1e6)
+    c = pricing.call_cost(cat.tiers, 0, 400, chars_per_token=DEFAULT_CHARS_PER_TOKEN)  # the small tier
+    assert (c.input_tokens, c.output_tokens) == (100, DEFAULT_OUTPUT_TOKENS)
+    assert c.batch_tier == pytest.approx((100 * 1.0 + 256 * 2.0) / 1e6 * 0.5)
+    assert c.batch_top_tier == pytest.approx(1000 / 1e6)
+    c = pricing.call_cost(cat.tiers, 1, 400)
+    assert c.tier is None and c.top_tier is not None  # no prices for that tier and no cost model: unknown
 
 
 def test_zero_typical_output_tokens_stays_zero_in_training_and_reports() -> None:
@@ -131,13 +125,17 @@ def test_median_of_learned_chars_per_token() -> None:
     assert no_tokens.median_chars_per_token() == DEFAULT_CHARS_PER_TOKEN
 
 
-def test_service_reads_chars_per_token_from_the_bundle() -> None:
-    cat = _catalog()
-    assert _loaded(cat).chars_per_token == DEFAULT_CHARS_PER_TOKEN  # a bundle from before training stored it
-    assert _loaded(cat, {"chars_per_token": None}).chars_per_token == DEFAULT_CHARS_PER_TOKEN
-    m = _loaded(cat, {"chars_per_token": 2.5})
-    assert m.chars_per_token == 2.5
-    assert Service._costs(m, 0, 400, False)[0] == 160
+def test_router_reads_chars_per_token_from_the_bundle() -> None:
+    from router.core import Router
+
+    def cpt(training: dict[str, object] | None = None) -> float:
+        return float(Router.chars_per_token.fget(_router_meta(training)))  # type: ignore[attr-defined]
+
+    assert cpt() == DEFAULT_CHARS_PER_TOKEN  # a bundle from before training stored it
+    assert cpt({"chars_per_token": None}) == DEFAULT_CHARS_PER_TOKEN
+    assert cpt({"chars_per_token": 2.5}) == 2.5
+    c = pricing.call_cost(_catalog().tiers, 0, 400, chars_per_token=cpt({"chars_per_token": 2.5}))
+    assert c.input_tokens == 160
 
 
 def test_training_writes_chars_per_token_and_the_service_uses_it(tmp_path: Path) -> None:
@@ -160,7 +158,61 @@ def test_training_writes_chars_per_token_and_the_service_uses_it(tmp_path: Path)
     router = Router.load(f"models:/tierwise-pricing/{result.model_version}", tracking_uri=store)
     stored = router.meta.training["chars_per_token"]
     assert isinstance(stored, float) and stored == pytest.approx(prepared.chars_per_token)
-    m = LoadedModel(router=router, source="registry", uri="x")
-    assert m.chars_per_token == pytest.approx(stored)
-    assert Service._costs(m, 0, 1000, False)[0] == max(1, round(1000 / stored))
+    # the router's decisions (and so the service's estimates, passed through) count tokens with the bundle's value
+    assert router.chars_per_token == pytest.approx(stored)
+    d = router.decide(np.full(len(router.tiers), 0.5), prompt_chars=1000)
+    assert d.estimated_cost_usd is not None and d.estimated_cost_usd.input_tokens == max(1, round(1000 / stored))
 
+
+
+# --------------------------------------------------------------------------------------------------------------
+# tiers without list prices: the fitted cost model prices them
+# --------------------------------------------------------------------------------------------------------------
+def _fitted_cost_model(n_tiers: int = 3):
+    """A cost model fitted on a log that records every call's USD (cost_usd), as training fits it."""
+    from router.cost_model import CostModel
+
+    chars = np.array([100, 400, 1600, 6400])
+    usd = np.column_stack([chars * 1e-8, chars * 1e-7, chars * 1e-6][:n_tiers])
+    return CostModel.fit(chars, usd)
+
+
+def test_call_cost_uses_list_prices_first_then_the_cost_model() -> None:
+    cat, cm = _catalog(typical_top=0), _fitted_cost_model()
+    # the "free" tier has no prices: without a cost model its USD is unknown
+    plain = pricing.call_cost(cat.tiers, 1, 400, chars_per_token=4.0)
+    assert plain.tier is None and plain.source is None
+    assert plain.top_tier == pytest.approx(100 * 10.0 / 1e6) and plain.top_tier_source == "list_price"
+    priced = pricing.call_cost(cat.tiers, 1, 400, chars_per_token=4.0, cost_model=cm)
+    assert priced.source == "cost_model" and priced.tier == pytest.approx(cm.predict([400])[0, 1])
+    assert priced.batch_tier == pytest.approx(priced.tier)  # no batch discount on that tier
+    # a tier with list prices keeps them even with a cost model
+    small = pricing.call_cost(cat.tiers, 0, 400, chars_per_token=4.0, cost_model=cm)
+    assert small.source == "list_price" and small.tier == pytest.approx((100 * 1.0 + 256 * 2.0) / 1e6)
+    assert small.batch_tier == pytest.approx(small.tier * 0.5)
+    assert (small.input_tokens, small.output_tokens) == (100, DEFAULT_OUTPUT_TOKENS)
+    with pytest.raises(ValueError, match="chosen"):
+        pricing.call_cost(cat.tiers, 3, 400)
+
+
+def test_priceless_catalog_is_priced_by_the_cost_model_everywhere() -> None:
+    # a catalog drafted from a log with per-call cost_usd (e.g. RouterBench): no tier has list prices
+    cat = Catalog(name="rb", tiers=[Tier(name=n, model=f"m-{n}", batch_discount=0.5 if n == "c" else 0.0)
+                                    for n in "abc"])
+    cm = _fitted_cost_model()
+    c = pricing.call_cost(cat.tiers, 0, 1000, cost_model=cm)
+    assert c.tier is not None and c.top_tier is not None and np.isfinite([c.tier, c.top_tier]).all()
+    assert 0 < c.tier < c.top_tier and c.source == c.top_tier_source == "cost_model"
+    assert c.batch_top_tier == pytest.approx(c.top_tier * 0.5)  # the provider's batch discount applies
+    chars = np.array([100.0, 1000.0, np.nan])
+    tok = pricing.request_input_tokens_array(chars)
+    assert np.isnan(pricing.tier_costs(cat.tiers, tok)).all()
+    filled = pricing.tier_costs(cat.tiers, tok, cost_model=cm, prompt_chars=chars)
+    np.testing.assert_allclose(filled[:2], cm.predict([100, 1000]))
+    assert np.isnan(filled[2]).all()  # no length: no estimate
+    # a tier the log never priced stays unknown, not 0 USD
+    unpriced = type(cm).fit([100, 200, 300], np.column_stack([[1e-6, 2e-6, 3e-6], np.full(3, np.nan), [1e-4] * 3]))
+    got = pricing.cost_model_usd(unpriced, cat.tiers, [150])
+    assert np.isfinite(got[0, 0]) and np.isnan(got[0, 1]) and np.isfinite(got[0, 2])
+    with pytest.raises(ValueError, match="prices 2 tiers but the catalog has 3"):
+        pricing.cost_model_usd(_fitted_cost_model(2), cat.tiers, [100])

@@ -264,3 +264,220 @@ def test_spend_frame_from_export_without_routed_tier() -> None:
         reports.spend_frame_from_export(both, _catalog())
     with pytest.raises(ValueError, match="not in catalog"):
         reports.spend_frame_from_export(df.assign(model="gpt-x"), _catalog())
+
+
+# --- escalations, router versions and time windows -----------------------------------------------------------
+def _other_catalog() -> Catalog:
+    # the catalog of a later router version: other tiers, so the first version's decisions are not in it
+    return Catalog(
+        name="o",
+        tiers=[
+            Tier(name="x", model="m-x", input_usd_per_1m=1.0, output_usd_per_1m=1.0),
+            Tier(name="y", model="m-y", input_usd_per_1m=50.0, output_usd_per_1m=50.0),
+        ],
+    )
+
+
+def _two_version_log(path: Path) -> None:
+    import time
+
+    dlog = DecisionLog(path).start()
+    for version, cat, specs in (
+        ("t/1", _catalog(), [("r1", "a", 0.001, 0.05), ("r2", "b", 0.01, 0.05)]),
+        ("o/1", _other_catalog(), [("s1", "x", 0.002, 0.1)]),
+    ):
+        dlog.record_catalog(version, cat.to_yaml())
+        for rid, tier, est, est_top in specs:
+            dlog.record_decision(
+                request_id=rid, endpoint="/v1/route", text="q" * 400, role="single", tier=tier,
+                tier_index=cat.index(tier), model=f"m-{tier}", threshold=0.8, reason="best_expected_utility",
+                probabilities={t: 0.5 for t in cat.tier_names}, router_version=version, est_cost_usd=est,
+                est_top_cost_usd=est_top, latency_ms=1.0,
+            )
+        assert dlog.flush()
+        time.sleep(0.01)  # the second version's decisions are strictly later
+    # r1 (routed a) failed verification and escalated to b, then c; r2 (routed b) was answered by b alone
+    dlog.record_feedback(request_id="r1", tier="a", model="m-a", score=0.0, acceptable=False, cost_usd=0.001)
+    dlog.record_feedback(request_id="r1", tier="b", model="m-b", score=0.0, acceptable=False, cost_usd=0.02)
+    dlog.record_feedback(request_id="r1", tier="c", model="m-c", score=1.0, acceptable=True,
+                         input_tokens=100, output_tokens=100)
+    dlog.record_feedback(request_id="r2", tier="b", model="m-b", score=1.0, acceptable=True, cost_usd=0.011)
+    assert dlog.flush()
+    dlog.close()
+
+
+def test_decision_log_spanning_two_catalogs_defaults_to_the_latest_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "decisions.db"
+    _two_version_log(db)
+    log = reports.read_decision_log(db)
+    assert sorted(log.decisions["router_version"]) == ["o/1", "t/1", "t/1"] and len(log.feedback) == 4
+    assert log.catalog("t/1").tier_names == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="router_version"):
+        log.catalog("nope/9")
+    with caplog.at_level("WARNING", logger="tierwise.reports"):
+        latest = reports.spend_frame_from_decisions(log.decisions, log.catalog("o/1"))
+    assert list(latest.index) == ["s1"] and latest.attrs["router_version"] == "o/1"
+    assert "spans 2 router versions" in latest.attrs["note"] and "o/1" in latest.attrs["note"]
+    assert "spans 2 router versions" in caplog.text
+    first = reports.spend_frame_from_decisions(log.decisions, log.catalog("t/1"), router_version="t/1")
+    assert list(first.index) == ["r1", "r2"] and first.attrs["note"] == ""
+    with pytest.raises(ValueError, match=r"router_version: no rows of 'x/9'; the log holds"):
+        reports.spend_frame_from_decisions(log.decisions, _catalog(), router_version="x/9")
+
+
+def test_escalation_calls_count_as_spend(tmp_path: Path) -> None:
+    db = tmp_path / "decisions.db"
+    _two_version_log(db)
+    log = reports.read_decision_log(db)
+    frame = reports.spend_frame_from_decisions(
+        log.decisions, _catalog(), chars_per_token=4.0, feedback=log.feedback, router_version="t/1"
+    )
+    # r1: routed a (its logged estimate), then b (logged cost) and c (its tokens at c's list price)
+    c_usd = (100 * 100.0 + 100 * 200.0) / 1e6
+    assert frame.loc["r1", "cost"] == pytest.approx(0.001)
+    assert frame.loc["r1", "escalations"] == 2
+    assert frame.loc["r1", "escalation_cost"] == pytest.approx(0.02 + c_usd)
+    assert frame.loc["r1", "spend"] == pytest.approx(0.001 + 0.02 + c_usd)
+    assert frame.loc["r2", "escalations"] == 0 and frame.loc["r2", "spend"] == pytest.approx(0.01)
+    s = reports.savings_summary(frame)
+    assert s.loc["routed", "spend_usd"] == pytest.approx(0.001 + 0.02 + c_usd + 0.01)
+    assert s.loc["routed", "escalation_usd"] == pytest.approx(0.02 + c_usd)
+    assert s.loc["always c", "escalation_usd"] == 0
+    by_tier = reports.savings_breakdown(frame, "tier")
+    assert by_tier.loc["a", "routed_usd"] == pytest.approx(0.001 + 0.02 + c_usd)
+    # without feedback the escalations are unknown: the first choices only (as before)
+    plain = reports.spend_frame_from_decisions(log.decisions, _catalog(), chars_per_token=4.0, router_version="t/1")
+    assert plain["escalation_cost"].sum() == 0 and plain["spend"].tolist() == plain["cost"].tolist()
+
+
+def test_export_escalations_count_as_spend(tmp_path: Path) -> None:
+    db = tmp_path / "decisions.db"
+    _decision_log(db, feedback=True)
+    export, _ = export_log(db)
+    frame = reports.spend_frame_from_export(export, _catalog())
+    # r1 was routed to a and c answered it too: c's observed 0.5 USD was paid on top
+    assert frame.loc["r1", "escalation_cost"] == pytest.approx(0.5) and frame.loc["r1", "escalations"] == 1
+    assert frame.loc["r1", "spend"] == pytest.approx(frame.loc["r1", "cost"] + 0.5)
+    assert frame.loc["r2", "escalation_cost"] == 0  # routed to the top tier: nothing above it
+    assert reports.savings_summary(frame).loc["routed", "spend_usd"] == pytest.approx(frame["spend"].sum())
+
+
+def test_decisions_in_a_time_window() -> None:
+    decisions = pd.DataFrame(
+        {
+            "request_id": ["r1", "r2", "r3"],
+            "created_at": ["2026-10-31T23:00:00.000+00:00", "2026-11-01T08:00:00.000+00:00",
+                           "2026-11-02T00:00:00.000+00:00"],
+            "tier": ["a", "b", "c"],
+            "prompt_chars": [400, 400, 400],
+            "router_version": ["t/1"] * 3,
+        }
+    )
+    frame = reports.spend_frame_from_decisions(decisions, _catalog(), since="2026-11-01", until="2026-11-02")
+    assert list(frame.index) == ["r2"]  # since inclusive, until exclusive, naive dates are UTC
+    assert "1 of 3 row(s)" in frame.attrs["note"]
+    assert list(reports.spend_frame_from_decisions(decisions, _catalog(), since="2026-11-01").index) == ["r2", "r3"]
+    with pytest.raises(ValueError, match="since: 'yesterday' is not an ISO date"):
+        reports.spend_frame_from_decisions(decisions, _catalog(), since="yesterday")
+    with pytest.raises(ValueError, match="no rows between"):
+        reports.spend_frame_from_decisions(decisions, _catalog(), since="2027-01-01")
+    with pytest.raises(ValueError, match="must be before until"):
+        reports.spend_frame_from_decisions(decisions, _catalog(), since="2026-11-02", until="2026-11-01")
+
+
+def test_plot_savings_shows_the_top_tasks_and_other() -> None:
+    rng = np.random.default_rng(0)
+    tasks = [f"task-{i:02d}" for i in range(57)]
+    n = 2000
+    chosen = rng.integers(0, 3, n)
+    cost = np.tile([1.0, 2.0, 4.0], (n, 1))
+    frame = reports._spend_frame(
+        pd.Index([f"r{i}" for i in range(n)], name="request_id"),
+        rng.choice(tasks, n, p=np.arange(57, 0, -1) / np.arange(57, 0, -1).sum()),
+        ["a", "b", "c"], chosen, cost, np.full((n, 3), np.nan),
+    )
+    by_task = reports.savings_breakdown(frame, "task")
+    assert len(by_task) == 58  # 57 tasks + all
+    top = reports.top_tasks(by_task, 15)
+    assert len(top) == 16 and top.index[-1] == "other (42 tasks)"
+    assert top["requests"].sum() == n and top["routed_usd"].sum() == pytest.approx(frame["spend"].sum())
+    assert list(top.index[:15]) == list(by_task.drop(index="all").sort_values("requests", ascending=False).index[:15])
+    fig = reports.plot_savings(reports.savings_summary(frame), by_task)
+    labels = [t.get_text() for t in fig.axes[1].get_xticklabels()]
+    assert len(labels) == reports.MAX_TASK_BARS + 1 and labels[-1].startswith("other")
+    assert len(reports.top_tasks(by_task.head(5), 15)) == 5  # few tasks: no "other" bar
+    with pytest.raises(ValueError, match="max_tasks"):
+        reports.top_tasks(by_task, 0)
+
+
+# --- evaluation plots ----------------------------------------------------------------------------------------
+def _report(tier_costs: list[float], n_tiers: int = 4):
+    from training import metrics as M
+
+    rng = np.random.default_rng(0)
+    n = 300
+    difficulty = rng.random(n)
+    p_true = np.clip(np.linspace(0.3, 1.0, n_tiers)[None, :] - difficulty[:, None] + 0.45, 0.02, 0.98)
+    score = (rng.random((n, n_tiers)) < p_true).astype(float)
+    cost = np.asarray(tier_costs)[None, :] * rng.lognormal(0.0, 0.1, (n, n_tiers))
+    return M.evaluate_router(p_true, score, cost, score >= 1.0, default_threshold=0.7,
+                             tier_names=[f"t{i}" for i in range(n_tiers)])
+
+
+def test_cost_quality_axis_is_log_when_costs_span_orders_of_magnitude() -> None:
+    from training import plots
+
+    wide = plots.plot_cost_quality(_report([1e-5, 1e-4, 1e-3, 1e-2]))  # 3 orders of magnitude
+    assert wide.axes[0].get_xscale() == "log"
+    narrow = plots.plot_cost_quality(_report([1e-3, 2e-3, 4e-3, 8e-3]))  # under one order
+    assert narrow.axes[0].get_xscale() == "linear"
+    assert plots.plot_cost_quality(_report([1e-5, 1e-4, 1e-3, 1e-2]), log_x=False).axes[0].get_xscale() == "linear"
+    assert plots.wants_log_x([0.0, 1e-3, 1e-1]) and not plots.wants_log_x([0.0, 1e-3, 2e-2])  # free tiers left out
+
+
+def test_confusion_numbers_are_readable() -> None:
+    from training import plots
+
+    fig = plots.plot_confusion(_report([1e-3, 2e-3, 4e-3, 8e-3]))
+    sizes = [t.get_fontsize() for ax in fig.axes for t in ax.texts]
+    assert sizes and min(sizes) >= 10  # a 5 x 4 matrix: large numbers
+    assert plots.cell_fontsize(5) > plots.cell_fontsize(11) >= 7 and plots.cell_fontsize(40) == 7
+
+
+def test_spend_frame_from_log_uses_the_stored_catalog_of_the_version(tmp_path: Path) -> None:
+    db = tmp_path / "decisions.db"
+    _two_version_log(db)
+    latest = reports.spend_frame_from_log(db)  # o/1, priced with o/1's stored catalog
+    assert latest.attrs["router_version"] == "o/1" and latest.attrs["tiers"] == ["x", "y"]
+    first = reports.spend_frame_from_log(db, router_version="t/1", chars_per_token=4.0)
+    assert first.attrs["tiers"] == ["a", "b", "c"] and first.loc["r1", "escalations"] == 2
+    empty = tmp_path / "empty.db"
+    DecisionLog(empty).start().close()
+    with pytest.raises(ValueError, match="no decisions yet"):
+        reports.spend_frame_from_log(empty)
+
+
+def test_cli_decisions_savings_reports_one_version_with_escalations(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    db = tmp_path / "decisions.db"
+    _two_version_log(db)
+    runner = CliRunner()
+    res = runner.invoke(app, ["decisions", "savings", "--db", str(db), "--router-version", "t/1",
+                              "--plot", str(tmp_path / "s.png")])
+    assert res.exit_code == 0, res.stderr
+    assert "router version t/1: 2 requests" in res.stdout and "routed" in res.stdout
+    frame = reports.spend_frame_from_log(db, router_version="t/1")
+    summary = reports.savings_summary(frame)
+    # the printed routed spend is the frame's, escalations included
+    assert f"{summary.loc['routed', 'spend_usd']:.6f}"[:6] in res.stdout
+    assert summary.loc["routed", "escalation_usd"] > 0
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    res = runner.invoke(app, ["decisions", "savings", "--db", str(db)])  # default: the latest version, with a note
+    assert res.exit_code == 0 and "router version o/1" in res.stdout and "spans 2 router versions" in res.stderr
+    res = runner.invoke(app, ["decisions", "savings", "--db", str(tmp_path / "missing.db")])
+    assert res.exit_code != 0 and "no decision log there" in res.stderr

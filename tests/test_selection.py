@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from training.metrics import evaluate_router
-from training.selection import blend, score_candidates, select_candidate
+from training.selection import score_candidates, select_candidate
 
 
 def _log(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -84,7 +83,7 @@ def test_bootstrap_is_paired_and_seeded() -> None:
 
 def test_select_among_a_subset_and_blend() -> None:
     d = _log(1000)
-    mixed = blend([d["informed"], d["base"]])
+    mixed = (d["informed"] + d["base"]) / 2.0
     assert np.allclose(mixed, (d["informed"] + d["base"]) / 2)
     sc = score_candidates({"base": d["base"], "informed": d["informed"], "mixed": mixed}, d["score"], d["cost"],
                           d["acc"], row_costs=d["row_costs"], n_boot=40)
@@ -125,45 +124,6 @@ def test_select_refuses_unknown_names_and_bad_levels() -> None:
             sc.select("a", level=level)
     with pytest.raises(ValueError, match="reference"):
         select_candidate({"a": d["informed"]}, d["score"], d["cost"], d["acc"], reference="zzz")
-
-
-def test_out_of_fold_fits_through_the_pipeline_without_the_test_split_or_the_fold() -> None:
-    from training.demo import demo_catalog, demo_log
-    from training.pipeline import TrainConfig, fit_router, prepare_data
-    from training.selection import out_of_fold
-
-    prepared = prepare_data(demo_log(n_prompts=600), demo_catalog())
-    lab = prepared.labelled
-    split = lab.prompts["split"].to_numpy()
-    fold = np.arange(len(lab)) % 3
-    oof = out_of_fold(prepared, TrainConfig(layout="linear"), fold)
-    want = np.flatnonzero((split != "test") & lab.complete_rows)
-    assert sorted(oof.rows.tolist()) == want.tolist()  # every complete non-test prompt once, no test prompt
-    assert (lab.prompts["split"].to_numpy() == split).all()  # the caller's splits are untouched
-    assert oof.proba.shape == oof.score.shape == (want.size, len(lab.tier_names))
-    # fold 0's probabilities are those of a fit that saw neither fold 0 nor the test split
-    held = (fold == 0) & (split != "test")
-    alone = prepared.labelled.prompts.assign(split=np.where(held, "test", np.where(split == "test", "x", split)))
-    prepared.labelled.prompts, kept = alone, prepared.labelled.prompts
-    try:
-        fitted = fit_router(prepared, TrainConfig(layout="linear"), progress=False)
-    finally:
-        prepared.labelled.prompts = kept
-    assert not (fitted.fit_rows & (held | (split == "test"))).any()
-    rows0 = oof.rows[oof.fold == 0]
-    np.testing.assert_allclose(oof.proba[oof.fold == 0], fitted.classifier.predict_proba(
-        fitted.features[rows0], groups=[None if pd.isna(t) else str(t) for t in lab.prompts["task"].iloc[rows0]]
-    ), atol=1e-12)
-    # each fold's figure from the pipeline's evaluate equals the selection module's on the same prompts
-    for k in range(3):
-        m = oof.fold == k
-        sc = score_candidates({"default": oof.proba[m]}, oof.score[m], oof.cost[m], oof.acceptable[m],
-                              row_costs=oof.row_costs[m], n_boot=1)
-        assert sc.gap_closed("default") == pytest.approx(oof.fold_gap_closed[k], abs=1e-9)
-    with pytest.raises(ValueError, match="two folds"):
-        out_of_fold(prepared, TrainConfig(), np.zeros(len(lab), int))
-    with pytest.raises(ValueError, match="one fold per prompt"):
-        out_of_fold(prepared, TrainConfig(), fold[:10])
 
 
 def test_absurd_bootstrap_sizes_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:

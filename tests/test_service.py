@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
-from service_server import ServerProcess, closed_port_uri
+from service_server import ServerProcess, closed_port_uri, metric, running_server
 from typer.testing import CliRunner
 
 from router.catalog import Catalog
@@ -34,11 +34,6 @@ NAME = "tierwise-svc"
 TOKEN = "test-admin-token"
 JSON = {"content-type": "application/json"}
 TIERS = demo_catalog().tier_names
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("service")
 
 
 @pytest.fixture(scope="module")
@@ -69,32 +64,12 @@ def server(work: Path, store: str):
         "TIERWISE_POLL_SECONDS": "1",
         "TIERWISE_FEEDBACK_WAIT_MS": "300",
     }
-    srv = ServerProcess(env, work / "server-a.log")
-    try:
-        srv.wait_ready()
+    with running_server(env, work / "server-a.log") as srv:
         yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: ServerProcess):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
 
 
 def route(client: httpx.Client, **body) -> httpx.Response:
     return client.post("/v1/route", json=body)
-
-
-def metric(client: httpx.Client, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for fam in text_string_to_metric_families(client.get("/metrics").text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
 
 
 def _registry(store: str):
@@ -540,9 +515,11 @@ def test_a_feedback_retried_with_its_feedback_id_is_recorded_once(client: httpx.
     then must not count the feedback twice."""
     d = route(client, prompt="Translate 'cat' to French.").json()
     body = {"request_id": d["request_id"], "tier": d["tier"], "score": 1, "feedback_id": f"fb-{d['request_id']}"}
+    before = metric(client, "tierwise_feedback_total", tier=d["tier"])
     for _ in range(2):
         r = client.post("/v1/feedback", json=body)
         assert r.status_code == 200 and r.json()["recorded"] is True, r.text
+    assert metric(client, "tierwise_feedback_total", tier=d["tier"]) == before + 1  # the retry is not counted
     conn = connect(work / "decisions.db", readonly=True)
     n = conn.execute("SELECT COUNT(*) FROM feedback WHERE request_id = ?", (d["request_id"],)).fetchone()[0]
     conn.close()
@@ -622,7 +599,7 @@ def test_ready_fails_while_decision_log_writes_fail(tmp_path: Path) -> None:
     )
     service.dlog = DecisionLog(db, probe_seconds=1.0).start()
     first = service.dlog.record_feedback(request_id="r", tier="a", model="m", score=1.0, acceptable=True)
-    assert first.result(5) is None  # the writer holds its connection now
+    assert first.result(5) is True  # the writer holds its connection now
     assert service.ready()[0] == 200
     other = sqlite3.connect(db, isolation_level=None)  # drops a table under the writer's open connection
     other.execute("DROP TABLE feedback")
@@ -641,7 +618,7 @@ def test_ready_fails_while_decision_log_writes_fail(tmp_path: Path) -> None:
     status, body = service.ready()
     assert status == 200 and body.decision_log is None, body
     again = service.dlog.record_feedback(request_id="r", tier="a", model="m", score=1.0, acceptable=True)
-    assert again.result(5) is None
+    assert again.result(5) is True
     service.dlog.close()
     status, body = service.ready()
     assert status == 503 and "not running" in body.decision_log
@@ -829,6 +806,7 @@ def test_microbatcher_batches_and_isolates_a_failing_prompt() -> None:
     from router.service.microbatch import MicroBatcher
 
     calls: list[int] = []
+    failed: list[int] = []  # sizes of the calls that held the poisonous prompt
     seen_tasks: list[str | None] = []
 
     def predict(model: str, texts: list[str], roles: list[str | None], tasks: list[str | None]) -> np.ndarray:
@@ -836,6 +814,7 @@ def test_microbatcher_batches_and_isolates_a_failing_prompt() -> None:
         seen_tasks.extend(tasks)
         time.sleep(0.01)
         if "poison" in texts:
+            failed.append(len(texts))
             raise ValueError("cannot encode")
         return np.array([[len(t), len(k or "")] for t, k in zip(texts, tasks, strict=True)])
 
@@ -847,19 +826,25 @@ def test_microbatcher_batches_and_isolates_a_failing_prompt() -> None:
             # task i is i letters long, so every result shows which task travelled with its prompt
             calls_ = [mb.submit(t, None, "x" * i) for i, t in enumerate(texts)]
             out = await asyncio.gather(*calls_, return_exceptions=True)
+            submitted = list(calls)
             seen_tasks.clear()
             many = await mb.run_many(["a", "bb", "ccc"], [None, None, "plan"], ["x", None, "y"], chunk=2)
         finally:
             await mb.stop()
-        return [out, many]
+        return [out, many, submitted]
 
-    out, (model, many) = asyncio.run(scenario())
+    out, (model, many), submitted = asyncio.run(scenario())
     assert isinstance(out[-1], ValueError)
     for i, res in enumerate(out[:-1]):
         assert res[0] == "model-a" and res[1].tolist() == [len(f"t{i:02d}"), i]
     assert model == "model-a" and many.tolist() == [[1, 1], [2, 0], [3, 1]]
     assert seen_tasks == ["x", None, "y"]
-    assert len(calls) < 31 + 31  # batched (a failed batch is retried prompt by prompt)
+    # batched: fewer calls than prompts, one of them with several prompts
+    assert len(submitted) < 31 and max(submitted) > 1, submitted
+    # the batch that held the poison failed whole, then ran prompt by prompt: only its prompts were encoded twice
+    assert failed[0] > 1 and failed[1:] == [1], failed
+    assert sum(submitted) == 31 + failed[0], (submitted, failed)
+    assert calls[len(submitted) :] == [2, 1]  # run_many's chunks of 2
 
 
 def test_decision_log_hashes_prompts_unless_asked(tmp_path: Path) -> None:
@@ -922,19 +907,24 @@ def test_quality_target_served_from_the_trained_table(client: httpx.Client) -> N
 def test_quality_target_maps_through_the_threshold_table() -> None:
     from types import SimpleNamespace
 
+    from router.core import Router
     from router.service import ApiError, Service
     from router.service.schemas import RouteRequest
 
-    m = SimpleNamespace(
-        label="x/1", router=SimpleNamespace(threshold=0.5), threshold_table=[(0.9, 0.6), (0.95, 0.7), (0.99, 0.85)]
-    )
+    def model(table: list[tuple[float, float]]) -> SimpleNamespace:
+        """The two things the rule reads of a router (its default threshold and its table), without a model."""
+        router = SimpleNamespace(threshold=0.5, threshold_table=table, ref=SimpleNamespace(label="x/1"))
+        router.threshold_for = lambda qt: Router.threshold_for(router, qt)  # type: ignore[arg-type]
+        return SimpleNamespace(label="x/1", router=router)
+
+    m = model([(0.9, 0.6), (0.95, 0.7), (0.99, 0.85)])
     assert Service._threshold(m, RouteRequest(prompt="p")) == 0.5
     assert Service._threshold(m, RouteRequest(prompt="p", threshold=0.2)) == 0.2
     assert Service._threshold(m, RouteRequest(prompt="p", quality_target=0.95)) == 0.7
     assert Service._threshold(m, RouteRequest(prompt="p", quality_target=0.92)) == 0.7  # the next stricter target
     with pytest.raises(ApiError, match="above the highest target"):
         Service._threshold(m, RouteRequest(prompt="p", quality_target=0.999))
-    m.threshold_table = []
+    m = model([])
     with pytest.raises(ApiError, match="no threshold table"):
         Service._threshold(m, RouteRequest(prompt="p", quality_target=0.9))
 

@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,9 @@ from router.catalog import Acceptability, Catalog, Planning, Tier
 
 __all__ = [
     "GRADED_THRESHOLD",
+    "Draft",
     "catalog_to_commented_yaml",
+    "draft",
     "draft_catalog",
     "draft_catalog_with_notes",
     "slugify_model",
@@ -60,8 +63,44 @@ def _unique_slugs(models: list[str]) -> dict[str, str]:
     return names
 
 
+@dataclass
+class Draft:
+    """A drafted catalog, one review note per tier name, and the tiers the log gave no cost for."""
+
+    catalog: Catalog
+    notes: dict[str, str] = field(default_factory=dict)
+    uncosted: list[str] = field(default_factory=list)
+
+    @property
+    def order_is_guessed(self) -> bool:
+        """True when some tiers could not be placed by cost (they are in alphabetical order)."""
+        return bool(self.uncosted)
+
+    def header(self, source: str) -> str:
+        """The comment written at the top of the drafted YAML: what the draft could not know."""
+        lines = [f"Drafted by `tierwise catalog init` from {source}. Review before training:"]
+        lines.append("- tiers must be listed cheapest first (routing escalates down this list);")
+        if len(self.uncosted) == len(self.catalog.tiers):
+            lines.append("- the log has no costs, so the order below is ALPHABETICAL, a guess: reorder the tiers;")
+        elif self.uncosted:
+            lines.append(
+                f"- the log has no costs for {', '.join(self.uncosted)}: they are placed last alphabetically, a guess;"
+            )
+        else:
+            lines.append("- the order below follows the mean logged cost per attempt;")
+        lines.append("- input_usd_per_1m / output_usd_per_1m are empty: fill them in (a log without costs needs them);")
+        lines.append("- then run `tierwise catalog check` on this file.")
+        return "\n".join(lines)
+
+
 def draft_catalog_with_notes(df: pd.DataFrame, name: str = "drafted") -> tuple[Catalog, dict[str, str]]:
-    """Draft catalog (see the module docstring) plus one review note per tier name.
+    """Draft catalog (see the module docstring) plus one review note per tier name."""
+    d = draft(df, name)
+    return d.catalog, d.notes
+
+
+def draft(df: pd.DataFrame, name: str = "drafted") -> Draft:
+    """Draft catalog (see the module docstring), its review notes and the tiers placed without a cost.
 
     Args:
         df: canonical long log (``model``, ``score``; optional ``cost_usd``, ``output_tokens``). Not modified.
@@ -118,7 +157,7 @@ def draft_catalog_with_notes(df: pd.DataFrame, name: str = "drafted") -> tuple[C
                 f"no logged cost ({n} attempts): placed after the costed tiers in alphabetical order; "
                 "TODO: fill prices and move this tier to its place in the cheapest-first order"
             )
-    return catalog, notes
+    return Draft(catalog, notes, [slugs[m] for m in uncosted])
 
 
 def draft_catalog(df: pd.DataFrame, name: str = "drafted") -> Catalog:

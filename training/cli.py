@@ -1,6 +1,7 @@
 """The ``tierwise`` command line (typer).
 
-Every command exits non-zero with a one-line ``error: ...`` on bad input, so a scheduler sees why a job failed.
+Every command exits non-zero with a one-line ``error: ...`` on bad input, so a scheduler sees why a job failed:
+exit code 2 for bad input or a failed command, 3 when ``tierwise serve`` cannot start (no model and no last-good copy).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +26,37 @@ app = typer.Typer(
 )
 catalog_app = typer.Typer(help="Draft and check tier catalogs.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
+
+# typer shows every option's type (``<bool>``) in --help; a flag takes no value, so it shows none.
+FLAG = ""
+TRAIN_HINT = "tierwise train --demo (the quick start) or tierwise train --data LOG --catalog CATALOG"
+
+
+def _package_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("tierwise")
+    except metadata.PackageNotFoundError:  # a source checkout that was never installed
+        from router.bundle import BundleMeta
+
+        return str(BundleMeta.model_fields["tierwise_version"].default) + " (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tierwise {_package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", metavar=FLAG, callback=_print_version, is_eager=True, help="Print the version."),
+    ] = None,
+) -> None:
+    """tierwise: learn from your own LLM logs which model tier is the cheapest one that answers acceptably."""
 
 DataOpt = Annotated[Path | None, typer.Option("--data", help="Log file: .csv, .jsonl, .json or .parquet.")]
 FormatOpt = Annotated[str, typer.Option("--format", help="long (one row per attempt) or wide (one row per prompt).")]
@@ -120,7 +153,9 @@ def train(
             "'decisions export'); --format, --columns, --where and the patterns apply to every one.",
         ),
     ] = None,
-    demo: Annotated[bool, typer.Option("--demo", help="Train on the embedded SYNTHETIC demo log.")] = False,
+    demo: Annotated[
+        bool, typer.Option("--demo", metavar=FLAG, help="Train on the embedded SYNTHETIC demo log.")
+    ] = False,
     fmt: FormatOpt = "long",
     columns: ColumnsOpt = None,
     score_pattern: ScorePatOpt = None,
@@ -128,7 +163,9 @@ def train(
     where: WhereOpt = None,
     catalog: CatalogOpt = None,
     register: Annotated[str, typer.Option("--register", help="Registered model name.")] = "tierwise",
-    no_promote: Annotated[bool, typer.Option("--no-promote", help="Never move the champion alias.")] = False,
+    no_promote: Annotated[
+        bool, typer.Option("--no-promote", metavar=FLAG, help="Never move the champion alias.")
+    ] = False,
     encoder: Annotated[str | None, typer.Option("--encoder", help="Encoder, e.g. minilm-onnx-int8, minilm.")] = None,
     quality_target: Annotated[
         float | None, typer.Option("--quality-target", help="Default threshold target (share of best tier quality).")
@@ -137,9 +174,12 @@ def train(
     config_json: Annotated[
         str | None, typer.Option("--config", help="TrainConfig overrides as JSON, e.g. '{\"n_estimators\": 200}'.")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar=FLAG, help="No progress bars or info logs.")] = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Make the new version the champion even when the promotion gate says no.")
+        bool,
+        typer.Option(
+            "--force", metavar=FLAG, help="Make the new version the champion even when the promotion gate says no."
+        ),
     ] = False,
     min_compare: Annotated[
         int | None,
@@ -187,6 +227,11 @@ def train(
             assert data is not None
             # one log stays a path (the run records it as given); several are merged by training.pipeline.read_sources
             source, cat = (data[0] if len(data) == 1 else [str(d) for d in data]), catalog
+        if not quiet:  # reading, embedding and fitting print nothing for a while
+            typer.echo(
+                f"fitting classifier (layout {config.layout}, encoder {config.encoder}); this can take a minute...",
+                err=True,
+            )
         result = run_train(
             source,
             catalog=cat,
@@ -202,7 +247,7 @@ def train(
         raise
     except Exception as exc:  # noqa: BLE001 - one-line reason for schedulers; traceback with -v via logging
         logging.getLogger("tierwise").debug("training failed", exc_info=True)
-        _fail(exc)
+        _fail(exc if demo or catalog is not None else _with_catalog_hint(exc, data or []))
         return
     m = result.metrics
     typer.echo(f"run: {result.run_id}")
@@ -218,7 +263,36 @@ def train(
     shown = ", ".join(f"{k}={m[k]:.4g}" for k in keys if k in m)
     typer.echo(f"test metrics: {shown}")
     typer.echo(f"default threshold: {result.threshold:.4f}")
-    typer.echo(f"next: tierwise route \"your prompt\"   |   tierwise serve --model-uri models:/{register}@champion")
+    typer.echo("next: " + _next_hint(register, result.model_version, result.promoted, tracking_uri))
+
+
+def _next_hint(register: str, version: str | None, promoted: bool, tracking_uri: str | None) -> str:
+    """The commands that route with the model just trained: the champion when it moved, else this version."""
+    uri = f"models:/{register}@champion" if promoted else f"models:/{register}/{version}"
+    store = f" --tracking-uri {shlex.quote(tracking_uri)}" if tracking_uri else ""
+    uri = shlex.quote(uri)
+    route_opts = "" if uri == "models:/tierwise@champion" and not store else f" --model-uri {uri}{store}"
+    hint = f'tierwise route "your prompt"{route_opts}   |   tierwise serve --model-uri {uri}{store}'
+    if not promoted:
+        hint += f"   (the champion did not move; models:/{register}@challenger is this version too)"
+    return hint
+
+
+def _with_catalog_hint(exc: BaseException, data: list[Path]) -> BaseException:
+    """A catalog problem when no --catalog was given names the catalog that was used instead, since the default
+    (the repository's demo catalog) rarely matches a user's log."""
+    from router.catalog import DEFAULT_CATALOG_PATH, catalog_sidecar_path
+
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "catalog" not in msg or hasattr(exc, "errors"):  # pydantic errors keep their own per-field message
+        return exc
+    # the same choice as training.pipeline.resolve_catalog: the log's sidecar catalog, else models/catalog.yaml
+    used = next((p for p in map(catalog_sidecar_path, data) if p.is_file()), DEFAULT_CATALOG_PATH)
+    first = data[0] if data else "LOG"
+    return ValueError(
+        f"{msg} [no --catalog given, so the catalog used was {used}; pass --catalog FILE, or draft one from the "
+        f"log with: tierwise catalog init --data {first} --out catalog.yaml]"
+    )
 
 
 @app.command()
@@ -246,7 +320,7 @@ def label(
 
         write_frame_atomic(frame, out)
     except Exception as exc:  # noqa: BLE001
-        _fail(exc)
+        _fail(exc if catalog is not None or data is None else _with_catalog_hint(exc, [data]))
         return
     s = prepared.labelled.summary()
     typer.echo(f"wrote {len(frame)} labelled prompts to {out}")
@@ -263,9 +337,10 @@ def catalog_init(
     score_pattern: ScorePatOpt = None,
     cost_pattern: CostPatOpt = None,
     where: WhereOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    force: Annotated[bool, typer.Option("--force", metavar=FLAG, help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Draft a catalog from a log: one tier per model, ordered by mean observed cost; fill in missing prices."""
+    """Draft a catalog from a log: one tier per model, ordered by mean observed cost (alphabetically when the log
+    has no costs); the YAML says what to review and fill in."""
     _env_defaults()
     try:
         if data is None:
@@ -273,41 +348,76 @@ def catalog_init(
         if out.exists() and not force:
             raise ValueError(f"{out} exists; use --force to overwrite")
         from router.atomic_io import write_text_atomic
-        from training.catalog_draft import catalog_to_commented_yaml, draft_catalog
+        from training.catalog_draft import catalog_to_commented_yaml, draft
         from training.readers import read_log
 
         df = read_log(data, _log_options(fmt, columns, score_pattern, cost_pattern, where))
-        cat = draft_catalog(df)
-        write_text_atomic(out, catalog_to_commented_yaml(cat, {}))
+        drafted = draft(df)
+        cat = drafted.catalog
+        write_text_atomic(out, catalog_to_commented_yaml(cat, drafted.notes, header=drafted.header(str(data))))
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
         return
-    typer.echo(f"wrote {out} with {len(cat.tiers)} tiers (cheapest first): {', '.join(cat.tier_names)}")
+    if len(drafted.uncosted) == len(cat.tiers):
+        typer.echo(f"wrote {out} with {len(cat.tiers)} tiers: {', '.join(cat.tier_names)}")
+        typer.echo(
+            "warning: the log has no costs, so this order is alphabetical, a guess: reorder the tiers cheapest "
+            f"first in {out}",
+            err=True,
+        )
+    else:
+        typer.echo(f"wrote {out} with {len(cat.tiers)} tiers (cheapest first): {', '.join(cat.tier_names)}")
+        if drafted.uncosted:
+            typer.echo(
+                f"warning: no logged cost for {', '.join(drafted.uncosted)}: placed last alphabetically, a guess; "
+                f"move them to their place in {out}",
+                err=True,
+            )
     missing = [t.name for t in cat.tiers if not t.has_prices]
     if missing:
         typer.echo(f"fill in prices for: {', '.join(missing)} (needed where the log has no cost_usd)")
+    typer.echo(f"then check it: tierwise catalog check {out}")
 
 
 @catalog_app.command("check")
 def catalog_check(path: Annotated[Path, typer.Argument(help="Catalog YAML to validate.")]) -> None:
-    """Validate a catalog file."""
+    """Validate a catalog file: fields, names, and the cheapest-first order of the priced tiers (exit 2 when a
+    pricier tier is listed before a cheaper one); tiers without prices are warnings."""
     from router.catalog import Catalog
 
     try:
         cat = Catalog.from_yaml(path)
+        errors, warnings = cat.review()
+        for w in warnings:
+            typer.echo(f"warning: {path}: {w}", err=True)
+        if errors:
+            raise ValueError(f"{path}: " + "; ".join(errors))
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
         return
-    typer.echo(f"ok: {len(cat.tiers)} tiers: {', '.join(cat.tier_names)}")
+    noted = f" ({len(warnings)} warning(s) above)" if warnings else ""
+    typer.echo(f"ok: {len(cat.tiers)} tiers: {', '.join(cat.tier_names)}{noted}")
 
 
 @app.command()
 def route(
     prompt: Annotated[str, typer.Argument(help="The prompt to route.")],
-    model_uri: Annotated[str, typer.Option("--model-uri", help="Registry URI or local directory.")] = (
-        "models:/tierwise@champion"
-    ),
-    threshold: Annotated[float | None, typer.Option("--threshold", min=0.0, max=1.0)] = None,
+    model_uri: Annotated[
+        str, typer.Option("--model-uri", envvar="TIERWISE_MODEL_URI", help="Registry URI or local directory.")
+    ] = "models:/tierwise@champion",
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", min=0.0, max=1.0, help="P(acceptable) the chosen tier needs.")
+    ] = None,
+    quality_target: Annotated[
+        float | None,
+        typer.Option(
+            "--quality-target", min=0.0, max=1.5,
+            help="Instead of --threshold: share of the best single tier's quality to aim for (the model's table).",
+        ),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", help="The prompt's task, as named in the training log's task column.")
+    ] = None,
     role: Annotated[str | None, typer.Option("--role", help="single, plan, execute or verify.")] = None,
     min_tier: Annotated[str | None, typer.Option("--min-tier")] = None,
     max_tier: Annotated[str | None, typer.Option("--max-tier")] = None,
@@ -315,17 +425,49 @@ def route(
 ) -> None:
     """Route one prompt with a registered router and print the decision as JSON."""
     _env_defaults()
+    _setup_logging(False)
     try:
         from router.core import Router
 
-        r = Router.load(model_uri, tracking_uri=tracking_uri)
-        d = r.route(prompt, threshold=threshold, role=role, min_tier=min_tier, max_tier=max_tier)
+        if threshold is not None and quality_target is not None:
+            raise ValueError("give either --threshold or --quality-target, not both")
+        try:
+            r = Router.load(model_uri, tracking_uri=tracking_uri)
+        except Exception as exc:
+            why = _missing_model(model_uri, tracking_uri)
+            if why is None:
+                raise
+            raise ValueError(_no_model_hint(why)) from exc
+        if quality_target is not None:
+            try:
+                threshold = r.threshold_for(quality_target)
+            except ValueError as exc:
+                raise ValueError(f"--quality-target: {exc}") from exc
+        d = r.route(prompt, threshold=threshold, role=role, min_tier=min_tier, max_tier=max_tier, task=task)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
         return
     out = d.model_dump()
     out["router_version"] = r.ref.label
     typer.echo(json.dumps(out, indent=2))
+
+
+def _no_model_hint(why: str) -> str:
+    """``why`` (from :func:`training.registry.describe_missing`) with what to do about it."""
+    if "has no alias" in why and "(v" in why:  # versions exist: one of them can be made champion
+        return f"{why}; promote one with: tierwise promote VERSION, or train one: {TRAIN_HINT}"
+    return f"{why}; train one first: {TRAIN_HINT}"
+
+
+def _missing_model(model_uri: str, tracking_uri: str | None) -> str | None:
+    """Why a registry URI names no model (None: it exists, is not a registry URI, or the store cannot tell)."""
+    try:
+        from router.settings import resolve_tracking_uri
+        from training.registry import describe_missing
+
+        return describe_missing(model_uri, resolve_tracking_uri(tracking_uri))
+    except Exception:  # noqa: BLE001 - the store itself is unreachable: the original error says more
+        return None
 
 
 @app.command()
@@ -364,12 +506,15 @@ def serve(
         float | None, typer.Option("--poll-seconds", help="Reload when the alias moves; checked every N s (0 = off).")
     ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="critical/error/warning/info/debug.")] = None,
-    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="uvicorn access log.")] = True,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", metavar=FLAG, help="uvicorn access log.")
+    ] = True,
 ) -> None:
     """Serve the router over HTTP (FastAPI + uvicorn): /v1/route, /v1/route/batch, /v1/route/plan, /v1/feedback.
 
     Every other setting comes from TIERWISE_* environment variables (see the README's Serving section).
     """
+    import shutil
     import tempfile
 
     _env_defaults()
@@ -393,9 +538,22 @@ def serve(
         return
     state_dir = tempfile.mkdtemp(prefix="tierwise-serve-")
     os.environ[STATE_DIR_ENV] = state_dir
+    scratch = [state_dir]  # removed when the server stops
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # every worker writes its samples here, so /metrics adds up all workers
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tierwise-metrics-")
+        scratch.append(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    try:
+        code = _run_server(settings, access_log, state_dir)
+    finally:
+        for d in scratch:
+            shutil.rmtree(d, ignore_errors=True)
+    if code:
+        raise typer.Exit(code)
+
+
+def _run_server(settings: Any, access_log: bool, state_dir: str) -> int:
+    """Run uvicorn until it stops; the exit code, with the start-up error (if any) printed with a hint."""
     import uvicorn
 
     code = 0
@@ -414,10 +572,13 @@ def serve(
         code = exc.code if isinstance(exc.code, int) else 1
     err = Path(state_dir, "startup-error.txt")
     if err.is_file():
-        typer.echo("error: " + err.read_text(encoding="utf-8").strip().removeprefix("tierwise: "), err=True)
+        message = err.read_text(encoding="utf-8").strip().removeprefix("tierwise: ")
+        why = _missing_model(settings.model_uri, settings.tracking_uri)
+        if why is not None:
+            message += f". {_no_model_hint(why[0].upper() + why[1:])}"
+        typer.echo("error: " + message, err=True)
         code = code or 3
-    if code:
-        raise typer.Exit(code)
+    return code
 
 
 decisions_app = typer.Typer(help="The service's decision log (decisions + feedback).", no_args_is_help=True)
@@ -459,6 +620,73 @@ def decisions_export(
         _fail(exc)
         return
     typer.echo(f"{summary.describe()} -> {out}")
+
+
+@decisions_app.command("savings")
+def decisions_savings(
+    db: Annotated[
+        Path | None, typer.Option("--db", help="Decision log (default: TIERWISE_DECISION_LOG or HOME/decisions.db).")
+    ] = None,
+    router_version: Annotated[
+        str | None,
+        typer.Option("--router-version", help="Router version to report, e.g. tierwise/3 (default: the latest)."),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only decisions at or after this UTC time, e.g. 2026-11-01.")
+    ] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Only decisions before this UTC time.")] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option("--catalog", help="Catalog YAML (default: the one the service stored for that version)."),
+    ] = None,
+    model_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--model-uri",
+            help="The version's model, to price tiers without list prices with its cost model and count tokens "
+            "with its characters per token (optional).",
+        ),
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also write the savings chart here (.png).")] = None,
+) -> None:
+    """What routing saved: spend of the routed calls plus the escalations the feedback records, against always
+    using each tier, for one router version (the decision log can span several catalogs)."""
+    _env_defaults()
+    _setup_logging(False)
+    try:
+        from router.atomic_io import atomic_path
+        from router.catalog import Catalog
+        from router.service.settings import ServiceSettings
+        from training import reports
+
+        path = db or ServiceSettings().decision_log_path
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no decision log there (serve with tierwise serve first, or give --db)")
+        chars_per_token = cost_model = None
+        if model_uri is not None:
+            from router.core import Router
+
+            r = Router.load(model_uri, tracking_uri=tracking_uri)
+            chars_per_token, cost_model = r.chars_per_token, r.cost_model
+        frame = reports.spend_frame_from_log(
+            path, None if catalog is None else Catalog.from_yaml(catalog), chars_per_token,
+            router_version=router_version, since=since, until=until, cost_model=cost_model,
+        )
+        summary = reports.savings_summary(frame)
+        if frame.attrs.get("note"):
+            typer.echo(f"note: {frame.attrs['note']}", err=True)
+        typer.echo(f"router version {frame.attrs.get('router_version')}: {len(frame)} requests")
+        typer.echo(summary.to_string())
+        if plot is not None:
+            title = str(frame.attrs.get("router_version"))
+            fig = reports.plot_savings(summary, reports.savings_breakdown(frame), title=title)
+            with atomic_path(plot) as tmp:
+                fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+            typer.echo(f"chart -> {plot}")
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
 
 
 @app.command("demo-data")

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from router.decision import decide_batch
 from router.defaults import DECISION_RULE
 
 ArrayLike = Any  # anything np.asarray accepts
@@ -44,7 +45,6 @@ __all__ = [
     "bootstrap_aiq",
     "brier",
     "cheapest_acceptable",
-    "choose_tiers",
     "complete_rows",
     "cost_at_quality",
     "cost_weighted_confusion",
@@ -120,33 +120,6 @@ def cheapest_acceptable(acceptable: ArrayLike) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------------
 # decision rule and single points
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def choose_tiers(
-    proba: ArrayLike, threshold: float | ArrayLike, min_tier: int = 0, max_tier: int | None = None
-) -> np.ndarray:
-    """Vectorised decision rule (pure equivalent of ``router.decision``).
-
-    Route to the cheapest (lowest index) tier whose P >= ``threshold``; if none qualifies, to the tier with the
-    highest P (ties -> lowest index); then clamp to ``[min_tier, max_tier]``. NaN probabilities never qualify.
-    ``threshold`` is a scalar or a per-prompt array ``[n]``.
-    """
-    p = _matrix(proba, "proba")
-    n, n_tiers = p.shape
-    p = np.where(np.isnan(p), -np.inf, p)
-    thr = np.asarray(threshold, dtype=float)
-    if thr.ndim == 1:
-        if thr.shape[0] != n:
-            raise ValueError(f"per-prompt threshold has {thr.shape[0]} values for {n} prompts")
-        thr = thr[:, None]
-    elif thr.ndim != 0:
-        raise ValueError("threshold must be a scalar or a 1-D per-prompt array")
-    ok = p >= thr
-    choice = np.where(ok.any(axis=1), ok.argmax(axis=1), p.argmax(axis=1))
-    hi = n_tiers - 1 if max_tier is None else max_tier
-    if not 0 <= min_tier <= hi <= n_tiers - 1:
-        raise ValueError(f"need 0 <= min_tier <= max_tier <= {n_tiers - 1}, got {min_tier}, {max_tier}")
-    return np.clip(choice, min_tier, hi).astype(np.int64)
 
 
 def realised(choice: ArrayLike, score: ArrayLike, cost: ArrayLike) -> tuple[float, float]:
@@ -335,7 +308,8 @@ def threshold_curve(
     min_tier: int = 0,
     max_tier: int | None = None,
 ) -> pd.DataFrame:
-    """Sweep the threshold of :func:`choose_tiers`: DataFrame[threshold, quality, cost, share_t0 .. share_t{T-1}].
+    """Sweep the knob of the threshold rule (:func:`router.decision.decide_batch`, ``rule="threshold"``):
+    DataFrame[threshold, quality, cost, share_t0 .. share_t{T-1}].
 
     Exact for every threshold (event sweep, O(nT log nT), no per-threshold pass over the data). Default
     thresholds: 201 uniform points on [0, 1] plus 201 quantiles of the points where some prompt's choice changes,
@@ -433,8 +407,6 @@ def sweep_choices(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The tier every prompt gets at every knob value: ``(knobs [K], choices [K, n])``, through the serving rule
     (:func:`router.decision.decide_batch`). Default knobs: :func:`knob_grid`."""
-    from router.decision import decide_batch
-
     p = _matrix(proba, "proba")
     rc = None if row_costs is None else np.asarray(row_costs, dtype=float)
     thr = knob_grid(p, rule) if thresholds is None else np.unique(np.asarray(thresholds, dtype=float))
@@ -1140,15 +1112,10 @@ def evaluate_router(
     tts = 1.0 - np.nan_to_num(p[:, 0], nan=0.0) if two_tier_score is None else np.asarray(two_tier_score, float)
     two = two_tier_curve(tts, s[:, 0], s[:, -1])
     x, y = two["strong_share"].to_numpy(), two["quality"].to_numpy()
-    if rule == "utility":
-        from router.decision import decide_batch
-
-        choice = decide_batch(
-            p, default_threshold, min_tier=min_tier or None, max_tier=max_tier, rule="utility", tier_costs=tier_costs,
-            row_costs=rc,
-        )
-    else:
-        choice = choose_tiers(p, default_threshold, min_tier=min_tier, max_tier=max_tier)
+    choice = decide_batch(
+        p, default_threshold, min_tier=min_tier or None, max_tier=max_tier, rule=rule, tier_costs=tier_costs,
+        row_costs=rc if rule == "utility" else None,
+    )
     return EvaluationReport(
         tier_names=names,
         n_prompts=n,

@@ -49,8 +49,8 @@ class TrainingDataError(ValueError):
     """The log and the catalog cannot produce a router (e.g. a tier never appears in the logs)."""
 
 
-# Averaging several linear fits costs a fit each; it only paid on small logs (benchmarks/cv_features.py: GSM8K's
-# 590-prompt folds gained 2.3 points of gap closed, routerbench-3task's 1,470-prompt folds nothing).
+# Averaging several linear fits costs a fit each; it only paid on small logs, where one fit's result depends most on
+# its seed (measured with benchmarks/cv_features.py; figures in docs/benchmarks.md).
 SMALL_LOG_PROMPTS = 2000
 SMALL_LOG_BAGS = 5
 
@@ -499,25 +499,32 @@ def build_features(
     return np.hstack(parts).astype(np.float32), emb
 
 
-def fit_router(prepared: PreparedData, config: TrainConfig | None = None, *, progress: bool = True) -> FittedRouter:
+def fit_router(
+    prepared: PreparedData, config: TrainConfig | None = None, *, progress: bool = True, encoder: Any = None
+) -> FittedRouter:
     """Embed every prompt, fit the classifier and the cost model, and choose the default knob.
 
     The LightGBM layouts (and the linear one with a calibration) fit on the train split, calibrate on the
     calibration split and choose the knob there. The default linear layout fits on train + calibration and chooses
     the knob on its out-of-fold probabilities. Test rows are never used.
+
+    ``encoder``: an encoder object to embed with instead of building ``config.encoder`` (the research hook of
+    :mod:`training.variants`; such a router is not saveable unless :func:`router.encoders.load_encoder` can
+    rebuild the encoder from its spec).
     """
     from router.encoders import build_encoder
 
     config = config or TrainConfig()
     cfg = config  # narrowed for the closure below
     lab = prepared.labelled
-    encoder = build_encoder(  # two single-threaded calls in parallel; same vectors
-        config.encoder,
-        threads=2,
-        max_tokens=config.encoder_max_tokens,
-        head_tokens=config.encoder_head_tokens,
-        layers=config.encoder_layers,
-    )
+    if encoder is None:
+        encoder = build_encoder(  # two single-threaded calls in parallel; same vectors
+            config.encoder,
+            threads=2,
+            max_tokens=config.encoder_max_tokens,
+            head_tokens=config.encoder_head_tokens,
+            layers=config.encoder_layers,
+        )
     p = lab.prompts
     roles = [None if pd.isna(r) else str(r) for r in p["role"]]
     X, emb = build_features(encoder, p["prompt"].astype(str).tolist(), roles, config.structural_features, progress)

@@ -17,9 +17,21 @@ from matplotlib.figure import Figure
 from router.atomic_io import atomic_open
 from training.metrics import EvaluationReport
 
-__all__ = ["plot_confusion", "plot_cost_quality", "plot_reliability", "plot_tier_mix", "save_figure"]
+__all__ = [
+    "LOG_X_DECADES",
+    "cell_fontsize",
+    "plot_confusion",
+    "plot_cost_quality",
+    "plot_reliability",
+    "plot_tier_mix",
+    "save_figure",
+    "wants_log_x",
+]
 
 _DPI = 120
+LOG_X_DECADES = 1.5
+""":func:`plot_cost_quality` draws cost on a log axis when the single tiers' costs span more than this many orders
+of magnitude (on a linear axis the cheap tiers and most of the curve would crowd into the left edge)."""
 
 
 def _figure(width: float = 8.0, height: float = 5.5) -> Figure:
@@ -50,9 +62,22 @@ def _densify(
     return xs, np.interp(xs, cost, quality)
 
 
-def plot_cost_quality(report: EvaluationReport, log_x: bool = False) -> Figure:
+def wants_log_x(single_tier_costs: np.ndarray | list[float]) -> bool:
+    """Whether the tiers' mean costs span more than :data:`LOG_X_DECADES` orders of magnitude (free tiers, which a
+    log axis cannot show, are left out of the span)."""
+    c = np.asarray(single_tier_costs, dtype=float)
+    c = c[np.isfinite(c) & (c > 0)]
+    return bool(c.size >= 2 and np.log10(c.max() / c.min()) > LOG_X_DECADES)
+
+
+def plot_cost_quality(report: EvaluationReport, log_x: bool | None = None) -> Figure:
     """Cost per prompt (USD) against mean quality: router sweep and hull, extra curves, zero-router hull (dashed),
-    oracle frontier and RouterBench oracle point (star), single tiers (labelled) and the default operating point."""
+    oracle frontier and RouterBench oracle point (star), single tiers (labelled) and the default operating point.
+
+    ``log_x``: cost on a log axis; default (None) when the tiers' costs span more than :data:`LOG_X_DECADES` orders
+    of magnitude (:func:`wants_log_x`)."""
+    if log_x is None:
+        log_x = wants_log_x(report.single_tiers["cost"].to_numpy())
     fig = _figure()
     ax = fig.add_subplot()
     curve = report.curve.sort_values("cost")
@@ -139,6 +164,12 @@ def plot_tier_mix(report: EvaluationReport) -> Figure:
     return fig
 
 
+def cell_fontsize(n_cells: int) -> float:
+    """Font size of the numbers in an ``n_cells``-wide heatmap: 13 pt for a small matrix, down to 7 pt at 12 cells
+    and more (the axes are a fixed size, so the cells shrink as the matrix grows)."""
+    return float(np.clip(16.0 - 0.75 * n_cells, 7.0, 13.0))
+
+
 def plot_confusion(report: EvaluationReport) -> Figure:
     """Heatmaps of label tier (cheapest acceptable) against chosen tier at the default threshold: prompt counts
     and the summed extra cost in USD (red = overspend, blue = saving that risks quality)."""
@@ -149,6 +180,8 @@ def plot_confusion(report: EvaluationReport) -> Figure:
     col_names = [report.tier_names[int(c)] for c in conf["count"].columns]
     fig = _figure(13.0, 5.8)
     annotate = max(counts.shape) <= 12
+    fontsize = cell_fontsize(max(counts.shape))
+    label_size = max(8.0, fontsize - 2.0)
     for k, (values, title, cmap) in enumerate(
         ((counts, "prompts", "Blues"), (extra, "extra cost vs label (USD)", "RdBu_r"))
     ):
@@ -160,15 +193,22 @@ def plot_confusion(report: EvaluationReport) -> Figure:
         else:
             image = ax.imshow(values, cmap=cmap, aspect="auto")
         fig.colorbar(image, ax=ax, shrink=0.85)
-        ax.set_xticks(range(len(col_names)), col_names, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(row_names)), row_names, fontsize=8)
+        ax.set_xticks(range(len(col_names)), col_names, rotation=45, ha="right", fontsize=label_size)
+        ax.set_yticks(range(len(row_names)), row_names, fontsize=label_size)
         ax.set_xlabel("chosen tier")
         ax.set_ylabel("label (cheapest acceptable tier)")
         ax.set_title(title)
         if annotate:
+            norm = image.norm
             for (i, j), v in np.ndenumerate(values):
                 if np.isfinite(v) and v != 0:
-                    ax.text(j, i, f"{v:.0f}" if k == 0 else f"{v:.2g}", ha="center", va="center", fontsize=6)
+                    # white on the dark end of the colour map, black elsewhere: readable on every cell
+                    level = float(np.asarray(norm(v)))
+                    dark = abs(level - 0.5) > 0.35 if k == 1 else level > 0.6
+                    ax.text(
+                        j, i, f"{v:.0f}" if k == 0 else f"{v:.2g}", ha="center", va="center", fontsize=fontsize,
+                        color="white" if dark else "black",
+                    )
     op = report.default_op
     fig.suptitle(
         f"Routing confusion at threshold {report.default_threshold:g}: under-routing {100 * op['under_routing']:.1f}%,"

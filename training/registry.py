@@ -7,8 +7,12 @@ it only when the promotion gate (:mod:`training.promotion`) says so.
 from __future__ import annotations
 
 import os
+import re
+import tempfile
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -83,19 +87,104 @@ def pip_requirements(encoder_kind: str) -> list[str]:
     return reqs
 
 
-def log_router_model(bundle_dir: Path, *, registered_name: str | None, encoder_kind: str) -> str | None:
-    """Log the bundle as a pyfunc model in the active run; register it; return the new version (or None)."""
-    from router.pyfunc import TierwisePyfunc
+# Models-from-code: MLflow stores this script instead of a cloudpickle of the model object, so loading does not
+# depend on the training interpreter's pickle format (and MLflow does not warn about pickling on every run).
+_MODEL_CODE = """\
+\"\"\"tierwise router as an MLflow models-from-code pyfunc (the bundle is the 'bundle' artifact).\"\"\"
+import mlflow.models
 
-    info = mlflow.pyfunc.log_model(
-        name="router",
-        python_model=TierwisePyfunc(),
-        artifacts={"bundle": str(bundle_dir)},
-        code_paths=[str(Path(router.__file__).parent)],
-        pip_requirements=pip_requirements(encoder_kind),
-        registered_model_name=registered_name,
+from router.pyfunc import TierwisePyfunc
+
+mlflow.models.set_model(TierwisePyfunc())
+"""
+
+
+def log_router_model(bundle_dir: Path, *, registered_name: str | None, encoder_kind: str) -> str | None:
+    """Log the bundle as a pyfunc model in the active run; register it; return the new version (or None).
+
+    The model carries a signature and an input example (so ``mlflow models serve`` accepts the ``inputs`` and
+    ``dataframe_split`` formats), the run is named after its data and layout, and the registered version gets a
+    description of what it was trained on and how well it did.
+    """
+    from router.bundle import read_meta
+    from router.pyfunc import input_example, model_signature
+
+    meta = read_meta(bundle_dir)
+    mlflow.set_tag("mlflow.runName", run_name(meta.training, meta.catalog.name))
+    with tempfile.TemporaryDirectory(prefix="tierwise-model-code-") as tmp:
+        code = Path(tmp, "tierwise_model.py")
+        code.write_text(_MODEL_CODE, encoding="utf-8")
+        info = mlflow.pyfunc.log_model(
+            name="router",
+            python_model=str(code),
+            artifacts={"bundle": str(bundle_dir)},
+            code_paths=[str(Path(router.__file__).parent)],
+            pip_requirements=pip_requirements(encoder_kind),
+            signature=model_signature(meta.catalog.tier_names),
+            input_example=input_example(),
+            registered_model_name=registered_name,
+        )
+    if registered_name is None:
+        return None
+    version = str(info.registered_model_version)
+    MlflowClient().update_model_version(
+        registered_name, version, description=version_description(meta.training, meta.metrics, meta.catalog)
     )
-    return None if registered_name is None else str(info.registered_model_version)
+    return version
+
+
+def _dataset_label(training: dict[str, Any], catalog_name: str) -> str:
+    """A short name for the training data: the first log file's stem (a DataFrame: the catalog's name)."""
+    first = str(training.get("data") or "").split(", ")[0]
+    stem = catalog_name if not first or first.startswith("<") else Path(first).name.split(".")[0]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-") or "data"
+
+
+def run_name(training: dict[str, Any], catalog_name: str, now: datetime | None = None) -> str:
+    """``train-<dataset>-<layout>-<UTC timestamp>``, e.g. ``train-logs-linear-20261128T110500Z``."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    layout = str(training.get("layout") or "unknown")
+    return f"train-{_dataset_label(training, catalog_name)}-{layout}-{stamp}"
+
+
+def version_description(training: dict[str, Any], metrics: dict[str, float], catalog: Any) -> str:
+    """What a registered version was trained on, its layout and its test figures (shown in the MLflow UI)."""
+    summary = training.get("summary") or {}
+    n = summary.get("n_prompts")
+    parts = [f"Trained on {training.get('data') or 'an unnamed log'}" + (f" ({n} prompts)" if n else "")]
+    parts.append(f"catalog {catalog.name!r} (tiers {', '.join(catalog.tier_names)})")
+    selection = training.get("selection") or {}
+    layout = str(training.get("layout") or "unknown")
+    parts.append(f"layout {layout}" + (" (chosen by per-log selection)" if selection.get("chosen") else ""))
+    if "gap_closed" in metrics:
+        parts.append(f"test gap closed {metrics['gap_closed']:.1%} (0% = best single tier, 100% = oracle)")
+    if "aiq" in metrics:
+        parts.append(f"test AIQ {metrics['aiq']:.4g}")
+    return "; ".join(parts) + "."
+
+
+def describe_missing(model_uri: str, tracking_uri: str) -> str | None:
+    """Why ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` resolves to nothing in the store (e.g. ``no model
+    named 'tierwise' is registered``), or None when it exists or is not a registry URI."""
+    from router.core import parse_registry_uri
+
+    name, version, alias = parse_registry_uri(model_uri)
+    if name is None:
+        return None
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException:
+        return f"no model named {name!r} is registered in {tracking_uri}"
+    if alias is not None and alias not in (registered.aliases or {}):
+        known = ", ".join(f"@{a} (v{v})" for a, v in sorted((registered.aliases or {}).items())) or "none"
+        return f"model {name!r} has no alias {alias!r} in {tracking_uri} (its aliases: {known})"
+    if version is not None:
+        try:
+            client.get_model_version(name, str(version))
+        except MlflowException:
+            return f"model {name!r} has no version {version} in {tracking_uri}"
+    return None
 
 
 def alias_version(name: str, alias: str, tracking_uri: str) -> str | None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from router.service.auth import admin_guard, read_json_body
-from router.service.errors import ERROR_RESPONSES, install_error_handlers
+from router.service.errors import ERROR_RESPONSES, ApiError, RedactFilter, install_error_handlers
 from router.service.handlers import Service
 from router.service.metrics import ServiceMetrics, endpoint_label
 from router.service.middleware import BodyGuard
@@ -35,6 +39,48 @@ from router.service.schemas import (
 from router.service.settings import ServiceSettings
 
 API_VERSION = "v1"
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's and ReDoc's scripts, served by the app itself (no CDN)
+_ASSET_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+
+
+def docs_assets_dir() -> Path | None:
+    """Swagger UI 5 and ReDoc as shipped by the ``fastapi-offline`` package (its ``static`` folder), if installed.
+
+    Without them ``/docs`` and ``/redoc`` are FastAPI's pages, which load their scripts from a CDN (blank on a host
+    without internet access)."""
+    try:
+        root = importlib.resources.files("fastapi_offline")
+    except ModuleNotFoundError:
+        return None
+    path = Path(str(root)) / "static"
+    return path if all((path / name).is_file() for name in _ASSET_FILES) else None
+
+
+def _serve_docs_offline(app: FastAPI, assets: Path) -> None:
+    """``/docs`` and ``/redoc`` with their files from ``assets``: both pages work without internet access."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    def urls(request: Request) -> tuple[str, Callable[[str], str]]:
+        """The spec's URL and a URL maker for the asset files, behind any root path (a reverse proxy's prefix)."""
+        root = request.scope.get("root_path", "").rstrip("/")
+        return f"{root}{openapi_url}", lambda name: f"{root}{DOCS_ASSETS}/{name}"
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        spec, asset = urls(request)
+        return get_swagger_ui_html(
+            openapi_url=spec, title=f"{app.title} - Swagger UI", swagger_js_url=asset("swagger-ui-bundle.js"),
+            swagger_css_url=asset("swagger-ui.css"), swagger_favicon_url=asset("favicon.png"),
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        spec, asset = urls(request)
+        return get_redoc_html(
+            openapi_url=spec, title=f"{app.title} - ReDoc", redoc_js_url=asset("redoc.standalone.js"),
+            redoc_favicon_url=asset("favicon.png"), with_google_fonts=False,
+        )
 
 
 class TierwiseApp(FastAPI):
@@ -64,6 +110,9 @@ def _configure_env_and_logging(settings: ServiceSettings) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
+    for h in logger.handlers:  # no URI password reaches the log, whichever message quotes one
+        if not any(isinstance(f, RedactFilter) for f in h.filters):
+            h.addFilter(RedactFilter())
     level = settings.log_level.upper()
     logger.setLevel(logging.DEBUG if level == "TRACE" else getattr(logging, level, logging.INFO))
     for noisy in ("mlflow", "alembic", "urllib3"):
@@ -82,7 +131,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
     _configure_env_and_logging(settings)
     service = Service(settings)
+    docs_assets = docs_assets_dir()
     app = TierwiseApp(
+        docs_url=None if docs_assets is not None else "/docs",
+        redoc_url=None if docs_assets is not None else "/redoc",
         title="tierwise routing service",
         version=API_VERSION,
         summary="Recommends the cheapest model tier that answers each request acceptably.",
@@ -100,6 +152,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.tierwise = service
     app.state.service = service
+    if docs_assets is not None:
+        _serve_docs_offline(app, docs_assets)
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, on_error=_guard_metric(service.metrics))
     install_error_handlers(app, service.metrics)
     require_admin = admin_guard(settings)
@@ -196,8 +250,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         dependencies=[Depends(require_admin)],
         responses={
             **ERROR_RESPONSES,
-            401: {"model": ErrorResponse},
-            403: {"model": ErrorResponse},
+            401: {"model": ErrorResponse, "description": "Missing or wrong admin token."},
+            403: {
+                "model": ErrorResponse,
+                "description": "Admin endpoints are disabled (no TIERWISE_ADMIN_TOKEN), or `model_uri` is neither a "
+                "registry URI (`models:/...`) nor the configured model URI (TIERWISE_ADMIN_ALLOW_PATHS=true allows "
+                "other paths).",
+            },
             503: {"model": ErrorResponse, "description": "Reload failed; the old model keeps serving."},
         },
         # the body is read after the admin check (see router.service.auth), so it is documented here
@@ -209,10 +268,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         },
     )
     async def admin_reload(request: Request) -> ReloadResponse:
-        """Load the configured model URI again (or `model_uri` from the body), warm it up, swap it in. With several
-        workers, each worker reloads on its own: prefer `TIERWISE_POLL_SECONDS` there."""
+        """Load the configured model URI again (or `model_uri` from the body: a `models:/` registry URI, or any path
+        with `TIERWISE_ADMIN_ALLOW_PATHS=true`), warm it up, swap it in. With several workers, each worker reloads on
+        its own: prefer `TIERWISE_POLL_SECONDS` there."""
         body = await read_json_body(request, ReloadRequest)
-        old, new = await service.reload(body.model_uri if body else None)
+        uri = body.model_uri if body else None
+        if uri:
+            refusal = service.manager.reload_refusal(uri)
+            if refusal is not None:  # refused on the text alone: nothing is read or copied
+                raise ApiError(403, "forbidden", refusal, "model_uri")
+        old, new = await service.reload(uri)
         return ReloadResponse(
             reloaded=True,
             router_version=new.label,

@@ -208,9 +208,10 @@ class _Flush:
 class _Row:
     kind: str  # "d" (decision) or "f" (feedback)
     values: tuple[Any, ...]
-    future: Future[None] | None = None
+    future: Future[bool] | None = None
     urgent: bool = False  # someone waits for the commit: no batching pause
     settled: bool = False  # committed, or counted as dropped: never counted (again) when the writer dies
+    inserted: bool = True  # False: a feedback row whose feedback_id was already in the log (not written again)
     request_id: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -403,8 +404,9 @@ class DecisionLog:
         metadata: dict[str, Any] | None = None,
         durable: bool = False,
         feedback_id: str | None = None,
-    ) -> Future[None]:
-        """Queue one feedback row; the returned future resolves once it is committed (or fails with
+    ) -> Future[bool]:
+        """Queue one feedback row; the returned future resolves once it is committed, to True when the row was
+        written and False when a row with its ``feedback_id`` was there already (or fails with
         :class:`DecisionLogError` when it was not written). ``durable``: the caller waits for that, so the writer
         commits at once instead of pausing for more rows. ``feedback_id``: the client's id of this feedback; a
         second row with the same id is not written (its future resolves: the first one is committed), so a client
@@ -427,7 +429,7 @@ class DecisionLog:
             _json(metadata),
             feedback_id,
         )
-        future: Future[None] = Future()
+        future: Future[bool] = Future()
         self._put(_Row("f", row, future, durable))
         return future
 
@@ -600,7 +602,7 @@ class DecisionLog:
             if id(r) in bad:
                 continue
             r.settled = True
-            _settle(r.future)
+            _settle(r.future, result=r.inserted)
         for r, why in rejected:
             log.error(
                 "decision log refused a %s row (request %s), dropped: %s",
@@ -615,13 +617,13 @@ class DecisionLog:
     def _transaction(conn: sqlite3.Connection, rows: list[_Row]) -> list[tuple[_Row, str]]:
         conn.execute("BEGIN IMMEDIATE")
         decisions = [r.values for r in rows if r.kind == "d"]
-        feedback = [r.values for r in rows if r.kind == "f"]
         rejected: list[tuple[_Row, str]] = []
         try:
             if decisions:
                 conn.executemany(_INSERT_DECISION, decisions)
-            if feedback:
-                conn.executemany(_INSERT_FEEDBACK, feedback)
+            for r in rows:  # one by one (feedback is rare): a retried feedback_id inserts nothing, and says so
+                if r.kind == "f":
+                    r.inserted = conn.execute(_INSERT_FEEDBACK, r.values).rowcount > 0
         except Exception as exc:  # noqa: BLE001
             if _database_error(exc):
                 raise
@@ -631,7 +633,8 @@ class DecisionLog:
             conn.execute("BEGIN IMMEDIATE")
             for r in rows:
                 try:
-                    conn.execute(_INSERT_DECISION if r.kind == "d" else _INSERT_FEEDBACK, r.values)
+                    cur = conn.execute(_INSERT_DECISION if r.kind == "d" else _INSERT_FEEDBACK, r.values)
+                    r.inserted = r.kind == "d" or cur.rowcount > 0
                 except Exception as row_exc:  # noqa: BLE001
                     if _database_error(row_exc):
                         raise
@@ -658,14 +661,14 @@ class DecisionLog:
         return {"decisions": int(d), "feedback": int(f)}
 
 
-def _settle(future: Future[None] | None, error: BaseException | None = None) -> None:
+def _settle(future: Future[bool] | None, error: BaseException | None = None, result: bool = True) -> None:
     """Resolve a row's future, unless it is done already: a waiter that gave up (a timed-out durable feedback)
     cancels it, possibly at this very moment, and that must never look like a failed write."""
     if future is None or future.done():
         return
     with contextlib.suppress(InvalidStateError):
         if error is None:
-            future.set_result(None)
+            future.set_result(result)
         else:
             future.set_exception(error)
 

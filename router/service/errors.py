@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -40,8 +42,32 @@ class ApiError(Exception):
         self.field = field
 
 
+# ``scheme://user:password@host``: the password part of a URI's userinfo (tracking URIs may carry database or HTTP
+# credentials, and MLflow's errors quote the URI they failed on)
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<secret>[^/@\s]*)@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URI in it replaced by ``***`` (``postgresql://user:***@host/db``)."""
+    if "@" not in text:
+        return text
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+class RedactFilter(logging.Filter):
+    """Redacts URI passwords in every record a handler emits (arguments included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
 def one_line(exc: BaseException, limit: int = 240) -> str:
-    text = str(exc).strip()
+    """The exception's first line (credentials in URIs redacted), prefixed with its type."""
+    text = redact(str(exc).strip())
     first = text.splitlines()[0] if text else ""
     if len(first) > limit:
         first = first[: limit - 3] + "..."
@@ -96,16 +122,25 @@ def _message_of(err: dict[str, Any]) -> str:
 
 def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     def respond(
-        request: Request, status: int, type_: str, message: str, field: str | None, details: list[Any] | None = None
+        request: Request,
+        status: int,
+        type_: str,
+        message: str,
+        field: str | None,
+        details: list[Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Response:
         metrics.errors.labels(endpoint=endpoint_label(request.url.path), status=str(status), type=type_).inc()
         return Response(
-            error_body(status, type_, message, field, details), status_code=status, media_type="application/json"
+            error_body(status, type_, message, field, details),
+            status_code=status,
+            media_type="application/json",
+            headers=headers,
         )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
-        return respond(request, exc.status, exc.type, exc.message, exc.field)
+        return respond(request, exc.status, exc.type, redact(exc.message), exc.field)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -149,7 +184,8 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
             message = f"no such endpoint: {request.method} {request.url.path}"
         elif status == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
-        return respond(request, status, type_, message, field)
+        # keep the exception's headers: a 405 must say which methods are allowed (Allow, RFC 9110)
+        return respond(request, status, type_, message, field, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:

@@ -23,10 +23,9 @@ from typing import cast
 import numpy as np
 from starlette.types import Receive, Send
 
-from router import pricing
 from router.core import Decision
 from router.service.decision_log import DecisionLog, DecisionLogError
-from router.service.errors import ApiError, StartupError, one_line
+from router.service.errors import ApiError, StartupError, one_line, redact
 from router.service.metrics import ServiceMetrics
 from router.service.microbatch import MicroBatcher
 from router.service.model_manager import LoadedModel, ModelManager
@@ -100,7 +99,7 @@ class Service:
                 try:
                     await self.startup()
                 except Exception as exc:  # noqa: BLE001
-                    text = str(exc) if isinstance(exc, StartupError) else one_line(exc)
+                    text = redact(str(exc)) if isinstance(exc, StartupError) else one_line(exc)
                     msg = f"tierwise: start-up failed: {text}"
                     _write_startup_error(msg)
                     with contextlib.suppress(Exception):
@@ -196,7 +195,8 @@ class Service:
             try:
                 new = await asyncio.to_thread(self.manager.load, uri)
             except Exception as exc:  # noqa: BLE001
-                self.last_reload_error = f"{reason} reload of {uri or self.manager.model_uri} failed: {one_line(exc)}"
+                shown = redact(uri or self.manager.model_uri)
+                self.last_reload_error = f"{reason} reload of {shown} failed: {one_line(exc)}"
                 self.metrics.reloads.labels(result="failed").inc()
                 log.error("%s; still serving %s", self.last_reload_error, old.label)
                 raise ApiError(
@@ -249,25 +249,11 @@ class Service:
         if opts.threshold is not None:
             return float(opts.threshold)
         if opts.quality_target is not None:
-            if not m.threshold_table:
-                raise ApiError(
-                    422,
-                    "unsupported",
-                    f"this model ({m.label}) has no threshold table, so quality_target is not supported; give "
-                    "threshold instead",
-                    prefix + "quality_target",
-                )
-            for qt, thr in m.threshold_table:
-                if qt >= opts.quality_target - 1e-9:
-                    return thr
-            top = m.threshold_table[-1][0]
-            raise ApiError(
-                422,
-                "validation_error",
-                f"quality_target {opts.quality_target} is above the highest target this model was calibrated for "
-                f"({top})",
-                prefix + "quality_target",
-            )
+            try:
+                return m.router.threshold_for(opts.quality_target)
+            except ValueError as exc:
+                kind = "unsupported" if not m.router.threshold_table else "validation_error"
+                raise ApiError(422, kind, str(exc), prefix + "quality_target") from None
         return float(m.router.threshold)
 
     @staticmethod
@@ -299,14 +285,14 @@ class Service:
         return lo, hi
 
     @staticmethod
-    def _costs(m: LoadedModel, idx: int, chars: int, batch: bool) -> tuple[int, int, float | None, float | None]:
-        """(input tokens, output tokens, USD on tier idx, USD on the top tier)."""
-        tiers = m.router.catalog.tiers
-        in_tok = pricing.request_input_tokens(chars, m.chars_per_token)
-        out_tok = m.out_tokens[idx]
-        chosen = pricing.tier_usd(tiers[idx], in_tok, out_tok, batch=batch)
-        top_usd = pricing.tier_usd(tiers[-1], in_tok, m.out_tokens[-1], batch=batch)
-        return in_tok, out_tok, chosen, top_usd
+    def _costs(d: Decision, batch: bool) -> tuple[int, int, float | None, float | None]:
+        """(input tokens, output tokens, USD on the chosen tier, USD on the top tier) of a decision: the router
+        prices it (list prices, else the bundle's fitted cost model; :func:`router.pricing.call_cost`)."""
+        c = d.estimated_cost_usd
+        assert c is not None  # every decision here is made with the prompt's length
+        if batch:
+            return c.input_tokens, c.output_tokens, c.batch_tier, c.batch_top_tier
+        return c.input_tokens, c.output_tokens, c.tier, c.top_tier
 
     def _decide(
         self,
@@ -343,14 +329,14 @@ class Service:
         lo, hi = self._bounds(m, req, prefix)
         chars = req.billed_chars()
         d = self._decide(m, proba, threshold=thr, role=req.role, lo=lo, hi=hi, chars=chars)
-        in_tok, out_tok, chosen, top = self._costs(m, d.tier_index, chars, False)
+        in_tok, out_tok, chosen, top = self._costs(d, False)
         batch_advice = None
         spend, baseline = chosen, top
         if req.latency_tolerance == "batch":
             tier = m.router.catalog.tiers[d.tier_index]
-            discounted = self._costs(m, d.tier_index, chars, True)
+            discounted = self._costs(d, True)
             batch_advice = BatchAdvice(
-                available=tier.batch_discount > 0 and tier.has_prices,
+                available=tier.batch_discount > 0 and discounted[2] is not None,
                 discount=tier.batch_discount,
                 estimated_cost_usd=discounted[2],
             )
@@ -361,7 +347,7 @@ class Service:
             tier_index=d.tier_index,
             model=d.model,
             role=cast(Role, d.role),  # one of ROLES: the router checked it
-            p_acceptable=d.probabilities,
+            p_acceptable=d.p_acceptable,
             threshold=d.threshold,
             reason=d.reason,
             escalation=d.escalation,
@@ -412,7 +398,7 @@ class Service:
             model=d.model,
             threshold=d.threshold,
             reason=d.reason,
-            probabilities=d.probabilities,
+            probabilities=d.p_acceptable,
             router_version=m.label,
             est_cost_usd=est_cost,
             est_top_cost_usd=est_top_cost,
@@ -452,6 +438,16 @@ class Service:
                 return False
             await asyncio.sleep(0.1)
 
+    async def _run_many(
+        self, texts: list[str], roles: list[str], tasks: list[str | None]
+    ) -> tuple[LoadedModel, np.ndarray]:
+        """Batch and plan prompts, in chunks that take turns with single routes (see MicroBatcher.run_many)."""
+        s = self.settings
+        model, proba = await self.batcher.run_many(
+            texts, roles, tasks, chunk=s.max_batch_size, max_chars=s.max_chunk_chars
+        )
+        return cast(LoadedModel, model), proba
+
     # --- handlers: each returns its response model and the headers to send with it -------------------------------
     async def route(self, req: RouteRequest) -> tuple[RouteResponse, dict[str, str]]:
         t0 = time.perf_counter()
@@ -478,13 +474,12 @@ class Service:
             self._threshold(current, r, f"requests.{i}.")
             self._bounds(current, r, f"requests.{i}.")
         texts = [r.routing_text() for r in body.requests]
-        m, proba = await self.batcher.run_many(
-            texts, [r.role for r in body.requests], [_task(r) for r in body.requests]
-        )
-        results = [
-            self._route_one(m, r, proba[i], texts[i], "/v1/route/batch", t0, f"requests.{i}.")
-            for i, r in enumerate(body.requests)
-        ]
+        m, proba = await self._run_many(texts, [r.role for r in body.requests], [_task(r) for r in body.requests])
+        results = []
+        for i, r in enumerate(body.requests):
+            results.append(self._route_one(m, r, proba[i], texts[i], "/v1/route/batch", t0, f"requests.{i}."))
+            if i % 64 == 63:
+                await asyncio.sleep(0)  # let other requests' answers out between slices of a big batch
         latency = round((time.perf_counter() - t0) * 1000, 3)
         for res in results:
             res.latency_ms = latency
@@ -508,7 +503,7 @@ class Service:
         texts = [body.goal] + [s.text for s in steps]
         roles: list[str] = ["plan"] + [s.role for s in steps]
         task = _task(body)
-        m, proba = await self.batcher.run_many(texts, roles, [task] * len(texts))
+        m, proba = await self._run_many(texts, roles, [task] * len(texts))
         task_known = _task_known(m, task)
         thr = self._threshold(m, body)
         lo, hi = self._bounds(m, body)
@@ -522,7 +517,7 @@ class Service:
             # a planner is never pushed below the planning floor by max_tier (on this endpoint)
             cap = hi if (hi is None or role != "plan") else max(hi, floor)
             d = self._decide(m, proba[i], threshold=thr, role=role, lo=lo, hi=cap, chars=len(text))
-            _, _, usd, top_usd = self._costs(m, d.tier_index, len(text), batch_mode)
+            _, _, usd, top_usd = self._costs(d, batch_mode)
             if usd is None or top_usd is None:
                 priced = False
             else:
@@ -534,7 +529,7 @@ class Service:
                 role=cast(Role, d.role),  # one of ROLES: the router checked it
                 tier=d.tier,
                 model=d.model,
-                p_acceptable=d.probabilities,
+                p_acceptable=d.p_acceptable,
                 reason=d.reason,
                 escalation=d.escalation,
                 task_known=task_known,
@@ -636,7 +631,10 @@ class Service:
                 "with the same feedback_id (recorded once), or do not retry",
                 None,
             ) from exc
-        self.metrics.feedback.labels(tier=tier.name, acceptable=str(bool(acceptable)).lower()).inc()
+        counter = self.metrics.feedback.labels(tier=tier.name, acceptable=str(bool(acceptable)).lower())
+        # counted once written, and not for a retry of a feedback_id already recorded
+        written.add_done_callback(lambda f: counter.inc() if not f.cancelled() and not f.exception() and f.result()
+                                  else None)
         return FeedbackResponse(request_id=body.request_id, recorded=True, model=tier.model, score=score)
 
     def tiers(self) -> TiersResponse:
@@ -661,7 +659,7 @@ class Service:
                 ready=False,
                 degraded=False,
                 source="none",
-                model_uri=self.manager.model_uri,
+                model_uri=redact(self.manager.model_uri),
                 router_version="",
                 name=None,
                 version=None,
@@ -675,13 +673,13 @@ class Service:
             ready=problem is None,
             degraded=m.degraded,
             source=m.source,
-            model_uri=m.uri,
+            model_uri=redact(m.uri),
             router_version=m.label,
             name=m.name,
             version=m.version,
             encoder=m.encoder,
             loaded_at=m.loaded_at,
-            detail=problem or m.detail or self.last_reload_error,
+            detail=redact(d) if (d := problem or m.detail or self.last_reload_error) else None,
             decision_log=problem,
         )
 

@@ -29,6 +29,22 @@ _Item = tuple[str, str | None, str | None, "asyncio.Future[tuple[Any, np.ndarray
 Predict = Callable[[Any, list[str], list[str | None], list[str | None]], np.ndarray]  # model, texts, roles, tasks
 
 
+def chunk_bounds(texts: Sequence[str], max_items: int, max_chars: int | None = None) -> list[tuple[int, int]]:
+    """``(start, end)`` of consecutive chunks of at most ``max_items`` texts and ``max_chars`` characters (a text
+    longer than ``max_chars`` makes a chunk of its own)."""
+    bounds: list[tuple[int, int]] = []
+    start, chars = 0, 0
+    for i, text in enumerate(texts):
+        n = len(text)
+        if i > start and (i - start >= max_items or (max_chars is not None and chars + n > max_chars)):
+            bounds.append((start, i))
+            start, chars = i, 0
+        chars += n
+    if start < len(texts):
+        bounds.append((start, len(texts)))
+    return bounds
+
+
 class MicroBatcher:
     def __init__(
         self,
@@ -88,17 +104,22 @@ class MicroBatcher:
         texts: Sequence[str],
         roles: Sequence[str | None],
         tasks: Sequence[str | None] | None = None,
-        chunk: int = 256,
+        chunk: int | None = None,
+        max_chars: int | None = None,
     ) -> tuple[Any, np.ndarray]:
-        """Probabilities for many prompts (the batch and plan endpoints), in chunks that share the inference slots
-        fairly with the micro-batches; one model for all chunks."""
+        """Probabilities for many prompts (the batch and plan endpoints); one model for all chunks.
+
+        The prompts run in chunks of at most ``chunk`` prompts (default ``max_batch``) and ``max_chars`` characters
+        (a longer prompt runs alone), each taking one inference slot and giving it back: the slots are handed out
+        first come, first served, so a single route that arrives during a big batch waits for one chunk, not for
+        the whole batch.
+        """
         assert self._slots is not None
         loop = asyncio.get_running_loop()
         model = self.get_model()
         parts = []
         all_tasks: list[str | None] = list(tasks) if tasks is not None else [None] * len(texts)
-        for start in range(0, len(texts), chunk):
-            end = start + chunk
+        for start, end in chunk_bounds(texts, chunk or self.max_batch, max_chars):
             t, r, k = list(texts[start:end]), list(roles[start:end]), all_tasks[start:end]
             await self._slots.acquire()
             self._idle -= 1

@@ -1,7 +1,10 @@
 """The served model's lifecycle: load it, keep a last-good copy on disk, fall back to that copy.
 
 After every successful registry load the bundle is copied atomically to ``model_cache_dir`` (the last-good copy), so
-a start while the registry is unreachable can still serve (degraded). Loading blocks: call it from a thread.
+a start while the registry is unreachable can still serve (degraded). The copy records which model it is (registry
+name, version, URI) and is used only for that model: a ``TIERWISE_HOME`` shared by services of different models never
+serves one model's copy for another. A ``sqlite:///`` store that does not exist is refused (a mistyped path would
+otherwise create an empty store). Loading blocks: call it from a thread.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import shutil
+import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,10 +24,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from router import pricing
 from router.atomic_io import build_dir_atomic
-from router.service.errors import StartupError, one_line
+from router.service.errors import StartupError, one_line, redact
 from router.service.settings import ServiceSettings
+from router.settings import default_tracking_uri, sqlite_store_path
 
 log = logging.getLogger("tierwise.service")
 
@@ -49,21 +55,11 @@ class LoadedModel:
         r = self.router
         self.label = r.ref.label
         self.label_header = header_value(self.label)
-        training = r.meta.training or {}
-        self.chars_per_token = pricing.resolve_chars_per_token(training.get("chars_per_token"))
-        table = training.get("threshold_table") or []
-        rows: list[tuple[float, float]] = []
-        for row in table if isinstance(table, list) else []:
-            try:
-                rows.append((float(row["quality_target"]), float(row["threshold"])))
-            except (KeyError, TypeError, ValueError):
-                continue
-        self.threshold_table = sorted(rows)
+        self.threshold_table = r.threshold_table
         cat = r.catalog
         self.tier_names = list(cat.tier_names)
         self.tier_headers = [header_value(t.name) for t in cat.tiers]
         self.model_headers = [header_value(t.model) for t in cat.tiers]
-        self.out_tokens = [pricing.tier_output_tokens(t) for t in cat.tiers]  # a catalog's 0 stays 0
         enc = r.meta.encoder or {}
         self.encoder = f"{enc.get('kind', '?')}:{enc.get('source', '?')}"
 
@@ -74,6 +70,37 @@ class LoadedModel:
     @property
     def version(self) -> str | None:
         return self.router.ref.version
+
+
+def _norm_path(path: str) -> str:
+    """``path`` made absolute and normalised on its text alone (no file system access)."""
+    return os.path.normpath(os.path.abspath(os.path.expanduser(path)))
+
+
+class StoreMissingError(FileNotFoundError):
+    """The configured SQLite tracking store does not exist (a configuration error, not an outage)."""
+
+
+_TEMP_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _scratch_tempdir() -> Iterator[Path]:
+    """Point :mod:`tempfile` at a private folder while a model downloads, and delete that folder afterwards.
+
+    A download that fails half-way (MLflow, or the download folder itself) would otherwise leave its temporary
+    folders behind, one per failed start or reload. Loads are serialised by the lock, so only the loading thread's
+    temporary files land in the folder.
+    """
+    with _TEMP_LOCK:
+        scratch = Path(tempfile.mkdtemp(prefix="tierwise-load-"))
+        previous = tempfile.tempdir
+        tempfile.tempdir = str(scratch)
+        try:
+            yield scratch
+        finally:
+            tempfile.tempdir = previous
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -94,6 +121,45 @@ class ModelManager:
         self.settings = settings
         self.model_uri = settings.model_uri
         self.cache = settings.model_cache_path
+
+    @property
+    def tracking_uri(self) -> str:
+        """The store registry URIs resolve against: TIERWISE_TRACKING_URI > MLFLOW_TRACKING_URI > HOME/mlflow.db."""
+        return (
+            self.settings.tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or default_tracking_uri(self.settings.home)
+        )
+
+    def check_store(self) -> str:
+        """The tracking URI, once a SQLite store is known to exist (MLflow would create an empty one silently)."""
+        uri = self.tracking_uri
+        path = sqlite_store_path(uri)
+        if path is not None and not path.is_file():
+            raise StoreMissingError(
+                f"the MLflow tracking store {path} does not exist (tracking URI {redact(uri)}): check "
+                "TIERWISE_TRACKING_URI / MLFLOW_TRACKING_URI, or train and register a model first (tierwise train); "
+                "the service never creates an empty store"
+            )
+        return uri
+
+    def reload_refusal(self, uri: str) -> str | None:
+        """Why ``POST /admin/reload`` may not load ``uri`` (None: allowed). Decided on the text alone, so a refused
+        URI touches no disk: registry URIs and the configured model URI pass; other paths need
+        ``TIERWISE_ADMIN_ALLOW_PATHS``."""
+        if self.settings.admin_allow_paths or uri.startswith("models:/"):
+            return None
+        from router.core import is_remote_uri
+
+        configured = self.settings.model_uri
+        if uri == configured:
+            return None
+        if not is_remote_uri(uri) and not is_remote_uri(configured) and _norm_path(uri) == _norm_path(configured):
+            return None
+        return (
+            "model_uri must be a registry URI (models:/NAME@ALIAS or models:/NAME/VERSION) or the configured model "
+            "URI; set TIERWISE_ADMIN_ALLOW_PATHS=true to allow reloads from other paths and URIs"
+        )
 
     @property
     def _lock_path(self) -> Path:
@@ -124,7 +190,9 @@ class ModelManager:
             except Exception as exc:  # noqa: BLE001 - serving works without the copy
                 log.warning("could not refresh the last-good model copy in %s: %s", self.cache, one_line(exc))
 
-        router = Router.load(uri, tracking_uri=self.settings.tracking_uri, threads=threads, on_download=keep)
+        tracking_uri = self.check_store()
+        with _scratch_tempdir():
+            router = Router.load(uri, tracking_uri=tracking_uri, threads=threads, on_download=keep)
         return LoadedModel(router, "registry", uri)
 
     @staticmethod
@@ -135,9 +203,10 @@ class ModelManager:
         """Copy the router's bundle to the cache dir (temp dir + rename) with a source.json; return the bundle path."""
         ref = router.ref
         info = {
-            "uri": uri,
+            "uri": uri,  # the model this copy is for (load_last_good serves it for no other)
             "name": ref.name,
             "version": ref.version,
+            "tracking_uri": redact(self.tracking_uri),
             "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         with _file_lock(self._lock_path):
@@ -176,26 +245,50 @@ class ModelManager:
             info = self._read_source()
             if info is None or not (self.cache / "bundle").is_dir():
                 raise FileNotFoundError(f"no last-good copy in {self.cache}")
+            mismatch = self._copy_mismatch(info)
+            if mismatch:
+                raise LookupError(f"the last-good copy in {self.cache} {mismatch}")
             ref = ModelRef(uri=str(info.get("uri") or self.cache), name=info.get("name"), version=info.get("version"))
             router = Router.from_bundle(self.cache / "bundle", threads=self.settings.encoder_threads, ref=ref)
         self._warm(router)
         detail = f"registry unavailable ({why}); serving the last-good copy saved at {info.get('saved_at')}"
         return LoadedModel(router, "last-good-copy", self.model_uri, degraded=True, detail=detail)
 
+    def _copy_mismatch(self, info: dict[str, Any]) -> str | None:
+        """Why the last-good copy described by ``info`` is not a copy of the configured model (None: it is)."""
+        from router.core import parse_registry_uri
+
+        saved_uri = str(info.get("uri") or "?")
+        saved_name, saved_version = info.get("name"), info.get("version")
+        what = f"{saved_name}/{saved_version}" if saved_name and saved_version else saved_uri
+        name, version, _ = parse_registry_uri(self.model_uri)
+        if name is not None:
+            if saved_name != name:
+                return f"is of model {what} ({redact(saved_uri)}), not of the configured {redact(self.model_uri)}"
+            if version is not None and str(saved_version) != version:
+                return f"is of version {saved_version} of {name}, but the configured URI pins version {version}"
+            return None
+        if saved_uri != self.model_uri:
+            return f"is of {redact(saved_uri)}, not of the configured {redact(self.model_uri)}"
+        return None
+
     def load_initial(self) -> LoadedModel:
         uri = self.model_uri
+        shown = redact(uri)
         try:
             return self.load(uri)
+        except StoreMissingError as exc:  # a configuration error: no last-good copy stands in for it
+            raise StartupError(f"cannot load model {shown}: {exc}") from exc
         except Exception as exc:  # noqa: BLE001
             primary = one_line(exc)
             if self.is_local(uri):
-                raise StartupError(f"cannot load model {uri}: {primary}") from exc
-            log.warning("cannot load %s (%s); trying the last-good copy in %s", uri, primary, self.cache)
+                raise StartupError(f"cannot load model {shown}: {primary}") from exc
+            log.warning("cannot load %s (%s); trying the last-good copy in %s", shown, primary, self.cache)
             try:
                 model = self.load_last_good(primary)
             except Exception as exc2:  # noqa: BLE001
                 raise StartupError(
-                    f"cannot load model {uri} ({primary}) and no usable last-good copy in {self.cache} "
+                    f"cannot load model {shown} ({primary}) and no usable last-good copy in {self.cache} "
                     f"({one_line(exc2)})"
                 ) from exc2
             log.warning("DEGRADED: %s", model.detail)
@@ -208,4 +301,4 @@ class ModelManager:
         name, _, alias = parse_registry_uri(self.model_uri)
         if name is None or alias is None:
             return None
-        return alias_version(name, alias, tracking_uri=self.settings.tracking_uri)
+        return alias_version(name, alias, tracking_uri=self.check_store())

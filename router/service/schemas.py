@@ -34,6 +34,17 @@ CONTEXT_CHARS = 300
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 
 
+# What _non_blank enforces, stated in the OpenAPI schema: at least one character that is not whitespace.
+NON_BLANK_SCHEMA: dict[str, Any] = {"minLength": 1, "pattern": r"\S"}
+StepText = Annotated[str, Field(json_schema_extra=NON_BLANK_SCHEMA)]
+
+
+def _one_of_required(*alternatives: tuple[str, dict[str, Any]]) -> list[Any]:
+    """JSON Schema alternatives "this field is present (and not null)", for fields where a validator asks for one of
+    several."""
+    return [{"required": [name], "properties": {name: schema}} for name, schema in alternatives]
+
+
 # Every number in a request body is a router.numbers Number (strict, finite); each field adds its own bounds.
 TokenCount = Annotated[Integer, Field(ge=0, le=MAX_TOKENS), BeforeValidator(whole_number)]
 
@@ -164,8 +175,11 @@ class RoutingOptions(BaseModel):
         None,
         ge=0,
         le=1,
-        description="Route to the cheapest tier whose P(acceptable) is at least this. Default: the model's own "
-        "threshold, chosen on its calibration split. Higher = safer and more expensive.",
+        description="The quality knob in [0, 1]: higher = safer and more expensive. With the expected-utility rule "
+        "(the default; `reason` `best_expected_utility`) the chosen tier maximises P(acceptable) - lam * relative "
+        "cost, lam = (1 - threshold) / threshold: 1 picks the tier most likely to answer, 0 the cheapest tier. "
+        "Models trained with the threshold rule route to the cheapest tier whose P(acceptable) is at least this. "
+        "Default: the model's own value, chosen on its calibration split (`default_threshold` in /v1/tiers).",
     )
     quality_target: Number | None = Field(
         None,
@@ -212,11 +226,15 @@ class RouteRequest(RoutingOptions):
                     "max_tier": "medium",
                     "metadata": {"task": "sql", "tenant": "acme"},
                 },
-            ]
+            ],
+            # exactly one of prompt / messages (the _one_input validator)
+            "oneOf": _one_of_required(("prompt", {"type": "string"}), ("messages", {"type": "array"})),
         },
     )
 
-    prompt: str | None = Field(None, description="The prompt text (or give `messages`).")
+    prompt: str | None = Field(
+        None, description="The prompt text (or give `messages`).", json_schema_extra=NON_BLANK_SCHEMA
+    )
     messages: list[ChatMessage] | None = Field(None, min_length=1, description=MESSAGES_DOC)
     role: Role = Field("single", description=ROLE_DOC)
 
@@ -276,7 +294,7 @@ class BatchRouteRequest(BaseModel):
 class PlanStep(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(description="The step's instruction.")
+    text: str = Field(description="The step's instruction.", json_schema_extra=NON_BLANK_SCHEMA)
     role: Role = Field("execute", description="`execute` (default), `verify`, `plan` or `single`.")
 
     @field_validator("text")
@@ -306,9 +324,10 @@ class PlanRequest(RoutingOptions):
 
     goal: str = Field(
         description="What the agent must achieve. Routed with role `plan`: the planner tier is never below the "
-        "catalog's planning floor (`max_tier` below that floor does not apply to the planner)."
+        "catalog's planning floor (`max_tier` below that floor does not apply to the planner).",
+        json_schema_extra=NON_BLANK_SCHEMA,
     )
-    steps: list[str | PlanStep] = Field(
+    steps: list[StepText | PlanStep] = Field(
         default_factory=list,
         description="Steps of the plan: strings (role `execute`) or `{text, role}` objects. Each step is routed on "
         "its own text; `min_tier` / `max_tier` apply to every step.",
@@ -321,7 +340,7 @@ class PlanRequest(RoutingOptions):
 
     @field_validator("steps")
     @classmethod
-    def _steps(cls, v: list[str | PlanStep]) -> list[str | PlanStep]:
+    def _steps(cls, v: list[StepText | PlanStep]) -> list[StepText | PlanStep]:
         for i, s in enumerate(v):
             if isinstance(s, str):
                 v[i] = PlanStep(text=s)
@@ -341,13 +360,18 @@ class FeedbackRequest(BaseModel):
                 {"request_id": "3f2a9c0e5b7d4e1f8a6b2c4d9e0f1a2b", "tier": "small", "acceptable": True},
                 {
                     "request_id": "3f2a9c0e5b7d4e1f8a6b2c4d9e0f1a2b",
-                    "model": "gpt-4o-mini",
+                    "model": "demo-small",  # a model of the demo catalog (models/catalog.yaml)
                     "score": 0.8,
                     "input_tokens": 812,
                     "output_tokens": 240,
                     "cost_usd": 0.00027,
                 },
-            ]
+            ],
+            # tier or model, and score or acceptable (the _needs validator)
+            "allOf": [
+                {"anyOf": _one_of_required(("tier", {"type": "string"}), ("model", {"type": "string"}))},
+                {"anyOf": _one_of_required(("score", {"type": "number"}), ("acceptable", {"type": "boolean"}))},
+            ],
         },
     )
 
@@ -389,7 +413,11 @@ class FeedbackRequest(BaseModel):
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model_uri: str | None = Field(None, description="Load this URI instead of the configured one (it then sticks).")
+    model_uri: str | None = Field(
+        None,
+        description="Load this URI instead of the configured one (it then sticks): a `models:/` registry URI, or any "
+        "path or URI when the operator set TIERWISE_ADMIN_ALLOW_PATHS=true (403 otherwise).",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -415,7 +443,7 @@ class RouteResponse(BaseModel):
     model: str
     role: Role
     p_acceptable: dict[str, float] = Field(description="Predicted P(acceptable answer) per tier, cheapest first.")
-    threshold: float
+    threshold: float = Field(description="The quality knob this decision used (see the request's `threshold`).")
     reason: str = Field(
         description="`best_expected_utility` (utility rule), `cheapest_tier_meeting_threshold` or "
         "`no_tier_meets_threshold` (threshold rule), `planner_floor`, `verifier_floor`, `raised_by_min_tier` or "

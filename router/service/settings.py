@@ -49,6 +49,18 @@ class ServiceSettings(HomeSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body (413 above).")
     max_batch_items: int = Field(1000, ge=1, description="Most requests in one POST /v1/route/batch call.")
     max_plan_steps: int = Field(200, ge=1, description="Most steps in one POST /v1/route/plan call.")
+    max_chunk_chars: int = Field(
+        65_536,
+        ge=1024,
+        description="Batch and plan calls run in chunks of at most max_batch_size prompts and this many characters, "
+        "each taking one inference slot, so single routes interleave with a big batch instead of waiting for all "
+        "of it.",
+    )
+    admin_allow_paths: bool = Field(
+        False,
+        description="Let POST /admin/reload load any local path or file:// URI; else only models:/ registry URIs "
+        "and the configured model URI (403 for others).",
+    )
     model_cache_dir: Path | None = Field(
         None, description="Last good model copy, used when the registry is down (default: HOME/serving/last-good)."
     )
