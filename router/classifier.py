@@ -310,6 +310,16 @@ class TierClassifier:
             return []
         return self.linear_.get("bags", [self.linear_])
 
+    def _array_bags(self) -> list[dict[str, Any]]:
+        """:meth:`_bags` with every list of numbers as a float array, converted once per fit or load: prediction
+        reads them on every call, and converting the JSON lists each time cost more than the model itself."""
+        key = id(self.linear_)
+        cached = getattr(self, "_array_cache", None)
+        if cached is None or cached[0] != key or cached[1] is not self.linear_:
+            cached = (key, self.linear_, [_as_arrays(p) for p in self._bags()])
+            self._array_cache = cached
+        return cached[2]
+
     @property
     def task_groups(self) -> list[str]:
         """The tasks the ``linear`` layout's group prior learned (the log's ``task`` values); empty when its
@@ -333,7 +343,7 @@ class TierClassifier:
         n = X.shape[0]
         if self.layout in LINEAR_LAYOUTS:
             groups = _check_groups(groups, n)
-            lin = np.mean([_sigmoid(_linear_logits(params, X, groups)) for params in self._bags()], axis=0)
+            lin = np.mean([_sigmoid(_linear_logits(params, X, groups)) for params in self._array_bags()], axis=0)
             if self.layout == "linear":
                 return lin
             raw = self._blend_trees_raw(X, **kw)
@@ -371,7 +381,7 @@ class TierClassifier:
             X = X[None, :]
         groups = _check_groups(groups, X.shape[0])
         out = []
-        for params in self._bags():
+        for params in self._array_bags():
             group = params["group"]
             named = _named_rows(group, groups, X.shape[0])
             out.append(_prior_proba(group, _inputs(params, X), named))
@@ -471,6 +481,22 @@ def _inputs(params: dict[str, Any], X: np.ndarray) -> np.ndarray:
     std = np.asarray(params["scale_std"])
     weight = np.asarray(params["scale_weight"])
     return (X - mean) / std * weight
+
+
+def _as_arrays(obj: Any) -> Any:
+    """A copy of saved parameters with every (nested) list of numbers as a float array; strings, None and
+    dictionaries' structure kept."""
+    if isinstance(obj, dict):
+        return {k: _as_arrays(v) for k, v in obj.items()}
+    if isinstance(obj, list) and obj:
+        try:
+            arr = np.asarray(obj)
+        except ValueError:  # ragged
+            arr = None
+        if arr is not None and arr.dtype.kind in "fiu":  # numbers only (task names, even "1", stay strings)
+            return arr.astype(np.float64)
+        return [_as_arrays(v) for v in obj]
+    return obj
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

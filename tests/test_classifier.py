@@ -271,3 +271,24 @@ def test_group_shrink_pulls_task_rates_towards_the_tier_rate(tmp_path) -> None:
     for bad in (-1.0, float("nan"), float("inf"), True):
         with pytest.raises(ValueError, match="group_shrink"):
             TierClassifier(3, layout="linear", group_shrink=bad)  # type: ignore[arg-type]
+
+
+def test_linear_prediction_follows_a_refit_and_keeps_task_names(tmp_path) -> None:
+    """Prediction converts the saved parameters to arrays once: a refit or a load must never reuse the old ones,
+    and task names that look like numbers stay names."""
+    X1, Y1 = _data(600, 0)
+    X2, Y2 = _data(600, 5)
+    groups = np.array(["1", "2", "x"] * 200, dtype=object)
+    clf = TierClassifier(3, layout="linear").fit(X1, Y1, groups=groups)
+    first = clf.predict_proba(X1[:50], groups=["1"] * 50)
+    assert clf.task_groups == ["1", "2", "x"]
+    clf.fit(X2, Y2, groups=groups)
+    fresh = TierClassifier(3, layout="linear").fit(X2, Y2, groups=groups)
+    again = clf.predict_proba(X1[:50], groups=["1"] * 50)
+    np.testing.assert_allclose(again, fresh.predict_proba(X1[:50], groups=["1"] * 50), rtol=0, atol=0)
+    assert not np.allclose(first, again)
+    clf.save(tmp_path / "clf")
+    loaded = TierClassifier.load(tmp_path / "clf")
+    np.testing.assert_allclose(loaded.predict_proba(X1[:50], groups=["1"] * 50), again, rtol=0, atol=1e-12)
+    # a named task changes the prediction (its rates are used): the name "1" was matched, not turned into 1.0
+    assert not np.allclose(loaded.predict_proba(X1[:50], groups=["1"] * 50), loaded.predict_proba(X1[:50]))
