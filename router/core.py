@@ -437,5 +437,9 @@ def download_model(uri: str, *, tracking_uri: str | None = None) -> tuple[Path, 
     if name is not None and alias is not None:
         version = alias_version(name, alias, tracking_uri=turi)
     dst = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX))
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=turi)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=turi)
+    except BaseException:
+        shutil.rmtree(dst, ignore_errors=True)  # a failed download leaves nothing behind
+        raise
     return Path(local), ModelRef(uri=uri, name=name, version=str(version) if version is not None else None)

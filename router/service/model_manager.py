@@ -15,8 +15,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -79,28 +77,6 @@ def _norm_path(path: str) -> str:
 
 class StoreMissingError(FileNotFoundError):
     """The configured SQLite tracking store does not exist (a configuration error, not an outage)."""
-
-
-_TEMP_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _scratch_tempdir() -> Iterator[Path]:
-    """Point :mod:`tempfile` at a private folder while a model downloads, and delete that folder afterwards.
-
-    A download that fails half-way (MLflow, or the download folder itself) would otherwise leave its temporary
-    folders behind, one per failed start or reload. Loads are serialised by the lock, so only the loading thread's
-    temporary files land in the folder.
-    """
-    with _TEMP_LOCK:
-        scratch = Path(tempfile.mkdtemp(prefix="tierwise-load-"))
-        previous = tempfile.tempdir
-        tempfile.tempdir = str(scratch)
-        try:
-            yield scratch
-        finally:
-            tempfile.tempdir = previous
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -191,8 +167,7 @@ class ModelManager:
                 log.warning("could not refresh the last-good model copy in %s: %s", self.cache, one_line(exc))
 
         tracking_uri = self.check_store()
-        with _scratch_tempdir():
-            router = Router.load(uri, tracking_uri=tracking_uri, threads=threads, on_download=keep)
+        router = Router.load(uri, tracking_uri=tracking_uri, threads=threads, on_download=keep)
         return LoadedModel(router, "registry", uri)
 
     @staticmethod
