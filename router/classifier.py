@@ -313,12 +313,11 @@ class TierClassifier:
     def _array_bags(self) -> list[dict[str, Any]]:
         """:meth:`_bags` with every list of numbers as a float array, converted once per fit or load: prediction
         reads them on every call, and converting the JSON lists each time cost more than the model itself."""
-        key = id(self.linear_)
         cached = getattr(self, "_array_cache", None)
-        if cached is None or cached[0] != key or cached[1] is not self.linear_:
-            cached = (key, self.linear_, [_as_arrays(p) for p in self._bags()])
+        if cached is None or cached[0] is not self.linear_:  # refitted or loaded since: convert again
+            cached = (self.linear_, [_as_arrays(p) for p in self._bags()])
             self._array_cache = cached
-        return cached[2]
+        return cached[1]
 
     @property
     def task_groups(self) -> list[str]:

@@ -41,8 +41,9 @@ def default_tracking_uri(home: Path | None = None) -> str:
     return f"sqlite:///{home / 'mlflow.db'}"
 
 
-def resolve_tracking_uri(explicit: str | None = None) -> str:
-    """Explicit option > ``TIERWISE_TRACKING_URI`` > ``MLFLOW_TRACKING_URI`` > local SQLite under the home dir."""
+def resolve_tracking_uri(explicit: str | None = None, home: Path | None = None) -> str:
+    """Explicit option > ``TIERWISE_TRACKING_URI`` > ``MLFLOW_TRACKING_URI`` > local SQLite under ``home`` (default:
+    ``TIERWISE_HOME``)."""
     if explicit:
         return explicit
     s = home_settings()
@@ -51,7 +52,7 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    return default_tracking_uri(s.home)
+    return default_tracking_uri(home or s.home)
 
 
 def sqlite_store_path(tracking_uri: str) -> Path | None:

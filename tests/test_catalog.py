@@ -233,7 +233,7 @@ def test_review_flags_an_inverted_price_order_and_missing_prices() -> None:
 def test_draft_without_costs_says_its_order_is_a_guess() -> None:
     log = pd.DataFrame({"model": ["zeta/big", "alpha/small", "zeta/big"], "score": [1.0, 0.0, 1.0]})
     d = draft(log)
-    assert d.catalog.tier_names == ["small", "big"] and d.uncosted == ["small", "big"] and d.order_is_guessed
+    assert d.catalog.tier_names == ["small", "big"] and d.uncosted == ["small", "big"]
     header = d.header("log.csv")
     assert "ALPHABETICAL" in header and "fill them in" in header
     text = catalog_to_commented_yaml(d.catalog, d.notes, header=header)

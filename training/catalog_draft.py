@@ -71,11 +71,6 @@ class Draft:
     notes: dict[str, str] = field(default_factory=dict)
     uncosted: list[str] = field(default_factory=list)
 
-    @property
-    def order_is_guessed(self) -> bool:
-        """True when some tiers could not be placed by cost (they are in alphabetical order)."""
-        return bool(self.uncosted)
-
     def header(self, source: str) -> str:
         """The comment written at the top of the drafted YAML: what the draft could not know."""
         lines = [f"Drafted by `tierwise catalog init` from {source}. Review before training:"]

@@ -281,13 +281,14 @@ def _next_hint(register: str, version: str | None, promoted: bool, tracking_uri:
 def _with_catalog_hint(exc: BaseException, data: list[Path]) -> BaseException:
     """A catalog problem when no --catalog was given names the catalog that was used instead, since the default
     (the repository's demo catalog) rarely matches a user's log."""
-    from router.catalog import DEFAULT_CATALOG_PATH, catalog_sidecar_path
+    from router.catalog import DEFAULT_CATALOG_PATH
+    from training.pipeline import catalog_sidecars
 
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if "catalog" not in msg or hasattr(exc, "errors"):  # pydantic errors keep their own per-field message
         return exc
-    # the same choice as training.pipeline.resolve_catalog: the log's sidecar catalog, else models/catalog.yaml
-    used = next((p for p in map(catalog_sidecar_path, data) if p.is_file()), DEFAULT_CATALOG_PATH)
+    # training.pipeline.resolve_catalog's choice: the log's sidecar catalog, else models/catalog.yaml
+    used = (catalog_sidecars(data) or [DEFAULT_CATALOG_PATH])[0]
     first = data[0] if data else "LOG"
     return ValueError(
         f"{msg} [no --catalog given, so the catalog used was {used}; pass --catalog FILE, or draft one from the "

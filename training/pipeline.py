@@ -292,6 +292,14 @@ def _source_list(data: Any) -> list[Any]:
     return items
 
 
+def catalog_sidecars(data: Any) -> list[Path]:
+    """The sidecar catalogs (:func:`router.catalog.catalog_sidecar_path`) that exist beside the logs ``data``."""
+    from router.catalog import catalog_sidecar_path
+
+    paths = [catalog_sidecar_path(item) for item in _source_list(data) if not isinstance(item, pd.DataFrame)]
+    return [path for path in paths if path.is_file()]
+
+
 def resolve_catalog(catalog: Catalog | str | os.PathLike[str] | None, data: Any) -> tuple[Catalog, list[str]]:
     """The catalog to train with, and warnings.
 
@@ -299,10 +307,7 @@ def resolve_catalog(catalog: Catalog | str | os.PathLike[str] | None, data: Any)
     tiers or models); else the sidecar catalog the logs carry (:func:`router.catalog.catalog_sidecar_path`, written
     by ``tierwise decisions export``; sidecars that disagree are an error); else ``models/catalog.yaml``.
     """
-    from router.catalog import catalog_sidecar_path
-
-    paths = [catalog_sidecar_path(item) for item in _source_list(data) if not isinstance(item, pd.DataFrame)]
-    sidecars = {path: Catalog.from_yaml(path) for path in paths if path.is_file()}
+    sidecars = {path: Catalog.from_yaml(path) for path in catalog_sidecars(data)}
     if catalog is not None:
         cat = catalog if isinstance(catalog, Catalog) else Catalog.from_yaml(catalog)
         given = f"catalog {cat.name!r}" if isinstance(catalog, Catalog) else f"the catalog {catalog}"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -87,18 +86,6 @@ def pip_requirements(encoder_kind: str) -> list[str]:
     return reqs
 
 
-# Models-from-code: MLflow stores this script instead of a cloudpickle of the model object, so loading does not
-# depend on the training interpreter's pickle format (and MLflow does not warn about pickling on every run).
-_MODEL_CODE = """\
-\"\"\"tierwise router as an MLflow models-from-code pyfunc (the bundle is the 'bundle' artifact).\"\"\"
-import mlflow.models
-
-from router.pyfunc import TierwisePyfunc
-
-mlflow.models.set_model(TierwisePyfunc())
-"""
-
-
 def log_router_model(bundle_dir: Path, *, registered_name: str | None, encoder_kind: str) -> str | None:
     """Log the bundle as a pyfunc model in the active run; register it; return the new version (or None).
 
@@ -111,19 +98,16 @@ def log_router_model(bundle_dir: Path, *, registered_name: str | None, encoder_k
 
     meta = read_meta(bundle_dir)
     mlflow.set_tag("mlflow.runName", run_name(meta.training, meta.catalog.name))
-    with tempfile.TemporaryDirectory(prefix="tierwise-model-code-") as tmp:
-        code = Path(tmp, "tierwise_model.py")
-        code.write_text(_MODEL_CODE, encoding="utf-8")
-        info = mlflow.pyfunc.log_model(
-            name="router",
-            python_model=str(code),
-            artifacts={"bundle": str(bundle_dir)},
-            code_paths=[str(Path(router.__file__).parent)],
-            pip_requirements=pip_requirements(encoder_kind),
-            signature=model_signature(meta.catalog.tier_names),
-            input_example=input_example(),
-            registered_model_name=registered_name,
-        )
+    info = mlflow.pyfunc.log_model(
+        name="router",
+        python_model=str(Path(router.__file__).parent / "pyfunc_model.py"),  # models-from-code, no cloudpickle
+        artifacts={"bundle": str(bundle_dir)},
+        code_paths=[str(Path(router.__file__).parent)],
+        pip_requirements=pip_requirements(encoder_kind),
+        signature=model_signature(meta.catalog.tier_names),
+        input_example=input_example(),
+        registered_model_name=registered_name,
+    )
     if registered_name is None:
         return None
     version = str(info.registered_model_version)

@@ -371,14 +371,7 @@ def read_decision_log(path: str | os.PathLike[str]) -> DecisionLogSlice:
 
     path = Path(path)
     decisions = pd.DataFrame(list(dl.iter_decisions(path)), columns=list(dl.DECISION_COLUMNS))
-    conn = dl.connect(path, readonly=True)
-    try:
-        cols = [c for c in dl.FEEDBACK_COLUMNS if c != "metadata"]
-        feedback = pd.DataFrame(
-            conn.execute(f"SELECT {', '.join(cols)} FROM feedback ORDER BY id").fetchall(), columns=cols
-        )
-    finally:
-        conn.close()
+    feedback = pd.DataFrame(list(dl.iter_feedback(path)), columns=list(dl.FEEDBACK_READ_COLUMNS))
     return DecisionLogSlice(decisions, feedback, dl.stored_catalogs(path))
 
 

@@ -43,17 +43,14 @@ DOCS_ASSETS = "/docs/assets"  # Swagger UI's and ReDoc's scripts, served by the 
 _ASSET_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 
 
-def docs_assets_dir() -> Path | None:
-    """Swagger UI 5 and ReDoc as shipped by the ``fastapi-offline`` package (its ``static`` folder), if installed.
-
-    Without them ``/docs`` and ``/redoc`` are FastAPI's pages, which load their scripts from a CDN (blank on a host
-    without internet access)."""
-    try:
-        root = importlib.resources.files("fastapi_offline")
-    except ModuleNotFoundError:
-        return None
-    path = Path(str(root)) / "static"
-    return path if all((path / name).is_file() for name in _ASSET_FILES) else None
+def docs_assets_dir() -> Path:
+    """Swagger UI 5 and ReDoc as shipped by the ``fastapi-offline`` package (its ``static`` folder): FastAPI's own
+    pages load their scripts from a CDN, blank on a host without internet access."""
+    path = Path(str(importlib.resources.files("fastapi_offline"))) / "static"
+    missing = [name for name in _ASSET_FILES if not (path / name).is_file()]
+    if missing:
+        raise RuntimeError(f"fastapi-offline's {path} lacks {', '.join(missing)}: reinstall fastapi-offline")
+    return path
 
 
 def _serve_docs_offline(app: FastAPI, assets: Path) -> None:
@@ -131,10 +128,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
     _configure_env_and_logging(settings)
     service = Service(settings)
-    docs_assets = docs_assets_dir()
     app = TierwiseApp(
-        docs_url=None if docs_assets is not None else "/docs",
-        redoc_url=None if docs_assets is not None else "/redoc",
+        docs_url=None,  # served from local files below
+        redoc_url=None,
         title="tierwise routing service",
         version=API_VERSION,
         summary="Recommends the cheapest model tier that answers each request acceptably.",
@@ -152,8 +148,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.tierwise = service
     app.state.service = service
-    if docs_assets is not None:
-        _serve_docs_offline(app, docs_assets)
+    _serve_docs_offline(app, docs_assets_dir())
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, on_error=_guard_metric(service.metrics))
     install_error_handlers(app, service.metrics)
     require_admin = admin_guard(settings)

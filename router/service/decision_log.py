@@ -32,7 +32,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -922,11 +922,23 @@ def export_for_training(
     return frame, summary
 
 
-def iter_decisions(path: str | Path) -> Iterable[dict[str, Any]]:
-    """All decisions (for analysis), oldest first."""
+def _iter_rows(path: str | Path, table: str, columns: Sequence[str], order: str) -> Iterable[dict[str, Any]]:
     conn = connect(path, readonly=True)
     try:
-        for r in conn.execute(f"SELECT {', '.join(DECISION_COLUMNS)} FROM decisions ORDER BY created_at"):
-            yield dict(zip(DECISION_COLUMNS, r, strict=True))
+        for r in conn.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}"):
+            yield dict(zip(columns, r, strict=True))
     finally:
         conn.close()
+
+
+def iter_decisions(path: str | Path) -> Iterable[dict[str, Any]]:
+    """All decisions (for analysis), oldest first."""
+    return _iter_rows(path, "decisions", DECISION_COLUMNS, "created_at")
+
+
+FEEDBACK_READ_COLUMNS = tuple(c for c in FEEDBACK_COLUMNS if c != "metadata")
+
+
+def iter_feedback(path: str | Path) -> Iterable[dict[str, Any]]:
+    """All feedback rows without their metadata (for analysis), in the order they were written."""
+    return _iter_rows(path, "feedback", FEEDBACK_READ_COLUMNS, "id")

@@ -25,7 +25,7 @@ from urllib.parse import quote
 from router.atomic_io import build_dir_atomic
 from router.service.errors import StartupError, one_line, redact
 from router.service.settings import ServiceSettings
-from router.settings import default_tracking_uri, sqlite_store_path
+from router.settings import resolve_tracking_uri, sqlite_store_path
 
 log = logging.getLogger("tierwise.service")
 
@@ -101,11 +101,7 @@ class ModelManager:
     @property
     def tracking_uri(self) -> str:
         """The store registry URIs resolve against: TIERWISE_TRACKING_URI > MLFLOW_TRACKING_URI > HOME/mlflow.db."""
-        return (
-            self.settings.tracking_uri
-            or os.environ.get("MLFLOW_TRACKING_URI")
-            or default_tracking_uri(self.settings.home)
-        )
+        return resolve_tracking_uri(self.settings.tracking_uri, home=self.settings.home)
 
     def check_store(self) -> str:
         """The tracking URI, once a SQLite store is known to exist (MLflow would create an empty one silently)."""
