@@ -155,3 +155,19 @@ def test_serve_without_a_model_exits_3_with_a_hint(trained, store: str, tmp_path
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "has no alias 'champion'" in last and "tierwise train --demo" in last
     assert not list(scratch.glob("tierwise-*")), "serve left its temp folders behind"
+
+
+def test_serve_stopped_by_sigterm_removes_its_temp_folders(trained, store: str, tmp_path: Path) -> None:
+    """A scheduler or container stops the service with SIGTERM: the graceful shutdown runs and nothing is left in
+    the temp folder (uvicorn re-raises the signal after its shutdown, which would end the process before cleanup)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from service_server import running_server
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"TIERWISE_HOME": str(tmp_path / "home"), "TMPDIR": str(scratch), "TIERWISE_TRACKING_URI": store,
+           "TIERWISE_MODEL_URI": f"models:/{NAME}/1"}
+    with running_server(env, tmp_path / "serve.log") as srv:
+        assert list(scratch.glob("tierwise-serve-*")), "the server keeps its state folder while it runs"
+    assert srv.proc.returncode is not None
+    assert not list(scratch.glob("tierwise-*")), srv.log()[-2000:]

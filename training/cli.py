@@ -555,8 +555,16 @@ def serve(
 
 def _run_server(settings: Any, access_log: bool, state_dir: str) -> int:
     """Run uvicorn until it stops; the exit code, with the start-up error (if any) printed with a hint."""
+    import signal
+
     import uvicorn
 
+    def stopped(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler it found: this one
+    # (instead of the default, which ends the process at once) lets the caller remove its temp folders
+    signal.signal(signal.SIGTERM, stopped)
     code = 0
     try:
         uvicorn.run(
