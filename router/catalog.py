@@ -31,7 +31,6 @@ The catalog is plain data (pydantic models); reading and writing YAML are the on
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,8 +40,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from router import pricing
 from router.atomic_io import write_text_atomic
+from router.config_files import yaml_number
 from router.limits import MAX_TOKENS  # one bound on token counts for feedback, logs and catalogs
-from router.numbers import Integer, Number, number_message, whole_number
+from router.numbers import Integer, Number, number_message
 
 DEFAULT_CATALOG_PATH = Path(__file__).resolve().parent.parent / "models" / "catalog.yaml"
 CATALOG_SIDECAR_SUFFIX = ".catalog.yaml"
@@ -50,18 +50,8 @@ MAX_USD_PER_1M = 100_000.0
 """Highest plausible list price per 1M tokens (0.10 USD a token); higher is a typo (e.g. a price per token)."""
 
 
-def _yaml_number(value: Any) -> Any:
-    """PyYAML reads ``1e-1`` (an exponent without a dot) as text: take it as the number it is, and ``512.0`` as a
-    whole number. The strict types (router.numbers) refuse everything else that is not a finite number, ``true``
-    included."""
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    return whole_number(value)
-
-
 # A price, a discount or a threshold in a catalog: a finite number (YAML's quirks tolerated)
-_Number = Annotated[Number, BeforeValidator(_yaml_number)]
+_Number = Annotated[Number, BeforeValidator(yaml_number)]
 
 
 def catalog_sidecar_path(data_path: str | os.PathLike[str]) -> Path:
@@ -94,7 +84,7 @@ class Tier(BaseModel):
         None, ge=0, le=MAX_USD_PER_1M, description="USD per 1M output tokens; None = unknown."
     )
     batch_discount: _Number = Field(0.0, ge=0, lt=1, description="Fractional discount of the provider's batch API.")
-    typical_output_tokens: Annotated[Integer | None, BeforeValidator(_yaml_number)] = Field(
+    typical_output_tokens: Annotated[Integer | None, BeforeValidator(yaml_number)] = Field(
         None, ge=0, le=MAX_TOKENS, description="Output tokens assumed for cost estimates when a request gives none."
     )
 

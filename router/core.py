@@ -252,8 +252,26 @@ class Router:
     ) -> np.ndarray:
         """P(acceptable) per tier as an array ``[n, T]``. ``tasks``: each prompt's task when the caller knows it
         (None where not); see :attr:`known_tasks`."""
+        return self.predict_proba_and_embedding(prompts, roles, tasks)[0]
+
+    def predict_proba_and_embedding(
+        self,
+        prompts: Sequence[str],
+        roles: Sequence[str | None] | None = None,
+        tasks: Sequence[str | None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`predict_proba_array` and the prompts' embeddings ``[n, dim]`` it was computed from (None when the
+        model uses no embedding): callers that also need the vector (the gateway's semantic cache) get it without
+        a second encoder call."""
         X = self.features(prompts, roles)
-        return self.classifier.predict_proba(X, num_threads=self.num_threads, groups=tasks)
+        proba = self.classifier.predict_proba(X, num_threads=self.num_threads, groups=tasks)
+        return proba, (X[:, : self.encoder.dim] if self.meta.features.embedding else None)
+
+    def fits_encoder_window(self, prompt: str) -> bool:
+        """Whether the encoder sees ``prompt`` whole (its head+tail token window cuts longer prompts, so two long
+        prompts that differ only in the middle embed alike)."""
+        window = getattr(self.encoder, "window", None)
+        return window is not None and window.fits(prompt)
 
     def predict_proba(
         self,

@@ -267,3 +267,25 @@ def call_cost(
 def tier_output_tokens(tier: Tier) -> int:
     """:func:`assumed_output_tokens` of a catalog tier."""
     return assumed_output_tokens(tier.typical_output_tokens)
+
+
+def usage_cost(
+    tiers: Sequence[Tier],
+    t: int,
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    prompt_chars: int | None = None,
+    cost_model: CostModel | None = None,
+) -> tuple[float | None, CostSource | None]:
+    """USD of a call to tier ``t`` that billed these tokens (an upstream's ``usage``): the catalog's list price;
+    a tier without list prices falls back to the fitted ``cost_model``'s per-call USD for ``prompt_chars``
+    characters (it knows lengths, not token counts). ``(None, None)`` when neither can price it."""
+    listed = tier_usd(tiers[t], input_tokens, output_tokens)
+    if listed is not None:
+        return listed, "list_price"
+    if cost_model is not None and prompt_chars is not None:
+        fitted = cost_model_usd(cost_model, tiers, [prompt_chars])[0][t]
+        if np.isfinite(fitted):
+            return float(fitted), "cost_model"
+    return None, None

@@ -38,11 +38,13 @@ def test_old_bundle_routes_as_it_did(old_router: Router) -> None:
         )
         assert got["escalation"] == [names[i] for i in path]
         assert set(got["escalation"]) <= set(want["escalation"])
-        # probabilities to float precision (same encoder weights and classifier parameters)
+        # probabilities to float precision (same encoder weights and classifier parameters). Both sides are rounded
+        # to 6 decimals, so a raw difference far below 1e-6 (int8 kernels round differently on CPUs with and without
+        # AVX512-VNNI) can still show as one unit in the last place: the bound is that unit, not a wider one.
         assert got["p_acceptable"] == old_router.route(case["prompt"], task=case["task"]).probabilities
         assert set(got["p_acceptable"]) == set(want["probabilities"])
         np.testing.assert_allclose(
             [got["p_acceptable"][k] for k in sorted(want["probabilities"])],
             [want["probabilities"][k] for k in sorted(want["probabilities"])],
-            rtol=0, atol=1e-6,
+            rtol=0, atol=1e-6 + 1e-12,
         )

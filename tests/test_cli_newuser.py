@@ -136,10 +136,13 @@ def test_version_and_flags_look_like_flags() -> None:
     assert res.exit_code == 0 and re.fullmatch(r"tierwise \d+\.\d+\.\S+.*\n", res.stdout)
     res = runner.invoke(app, ["train", "--help"], env=WIDE)
     assert res.exit_code == 0
-    for flag in ("--demo", "--no-promote", "--quiet", "--force"):
+    for flag in ("--demo", "--no-promote", "--quiet", "--force", "--help"):
         line = next(x for x in res.stdout.splitlines() if f"{flag} " in x)
         assert "<bool>" not in line, line
     assert "<str>" in res.stdout  # options that take a value still show its type
+    for cmd in ([], ["serve"], ["catalog"], ["catalog", "init"], ["decisions", "savings"]):
+        res = runner.invoke(app, [*cmd, "--help"], env=WIDE)
+        assert res.exit_code == 0 and "--help" in res.stdout and "<bool>" not in res.stdout, (cmd, res.stdout)
 
 
 def test_serve_without_a_model_exits_3_with_a_hint(trained, store: str, tmp_path: Path) -> None:

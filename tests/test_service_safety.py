@@ -272,6 +272,26 @@ def test_last_good_copy_of_another_model_is_not_served(
         assert "no usable last-good copy" in msg and why in msg, msg
 
 
+def test_default_last_good_copies_are_one_per_model(work: Path, store: str, tmp_path: Path) -> None:
+    """Two services of different models on one TIERWISE_HOME (no TIERWISE_MODEL_CACHE_DIR) keep a copy each: after
+    both loaded, each one's registry outage serves its own model."""
+    from router.service.model_manager import ModelManager
+
+    home = tmp_path / "home"
+    managers = {
+        uri: ModelManager(ServiceSettings(home=home, tracking_uri=store, model_uri=uri))
+        for uri in ("models:/safety-a/1", "models:/safety-b/1")
+    }
+    for m in managers.values():
+        m.load()
+    a, b = (m.cache for m in managers.values())
+    assert a != b and a.parent == b.parent == home / "serving" / "last-good", (a, b)
+    assert a.name.startswith("safety-a-") and b.name.startswith("safety-b-")
+    for uri, m in managers.items():
+        served = m.load_last_good("registry down (test)")
+        assert served.degraded and served.router.ref.name == uri.split("/")[1], served.router.ref
+
+
 def test_registry_outage_serves_its_own_copy_and_hides_credentials(work: Path, shared_cache: Path) -> None:
     down = closed_port_uri().replace("http://", "http://alice:s3cret-pw@")
     env = {

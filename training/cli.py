@@ -16,15 +16,40 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 
-app = typer.Typer(
+
+class _FlagHelp:
+    """typer labels its own ``--help`` option ``<bool>`` too: show it as the value-less flag it is."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        opt = super().get_help_option(ctx)  # type: ignore[misc]
+        if opt is not None:
+            opt.metavar = FLAG
+        return opt
+
+
+class _Command(_FlagHelp, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_FlagHelp, typer.core.TyperGroup):
+    pass
+
+
+def _typer(**kwargs: Any) -> typer.Typer:
+    """A typer app whose groups and commands show ``--help`` without a type."""
+    return typer.Typer(cls=_Group, **kwargs)
+
+
+app = _typer(
     name="tierwise",
     help="tierwise: learn from your own LLM logs which model tier is the cheapest one that answers acceptably.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-catalog_app = typer.Typer(help="Draft and check tier catalogs.", no_args_is_help=True)
+catalog_app = _typer(help="Draft and check tier catalogs.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 
 # typer shows every option's type (``<bool>``) in --help; a flag takes no value, so it shows none.
@@ -143,7 +168,7 @@ def _log_options(
     return LogOptions(**kw)
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     data: Annotated[
         list[Path] | None,
@@ -296,7 +321,7 @@ def _with_catalog_hint(exc: BaseException, data: list[Path]) -> BaseException:
     )
 
 
-@app.command()
+@app.command(cls=_Command)
 def label(
     data: DataOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output file (.csv, .parquet or .jsonl).")] = None,
@@ -329,7 +354,7 @@ def label(
     typer.echo(f"no acceptable tier: {s['no_acceptable_share']:.1%}")
 
 
-@catalog_app.command("init")
+@catalog_app.command("init", cls=_Command)
 def catalog_init(
     data: DataOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Where to write the drafted catalog.")] = Path("catalog.yaml"),
@@ -380,7 +405,7 @@ def catalog_init(
     typer.echo(f"then check it: tierwise catalog check {out}")
 
 
-@catalog_app.command("check")
+@catalog_app.command("check", cls=_Command)
 def catalog_check(path: Annotated[Path, typer.Argument(help="Catalog YAML to validate.")]) -> None:
     """Validate a catalog file: fields, names, and the cheapest-first order of the priced tiers (exit 2 when a
     pricier tier is listed before a cheaper one); tiers without prices are warnings."""
@@ -400,7 +425,7 @@ def catalog_check(path: Annotated[Path, typer.Argument(help="Catalog YAML to val
     typer.echo(f"ok: {len(cat.tiers)} tiers: {', '.join(cat.tier_names)}{noted}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def route(
     prompt: Annotated[str, typer.Argument(help="The prompt to route.")],
     model_uri: Annotated[
@@ -453,6 +478,136 @@ def route(
     typer.echo(json.dumps(out, indent=2))
 
 
+@app.command(cls=_Command)
+def batch(
+    input_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--input",
+            help="Requests in OpenAI's Batch format (JSONL): custom_id, method POST, url /v1/chat/completions and a "
+            "chat completion body whose model is tierwise, tierwise:q0.95, tierwise:t0.8 or a catalog model.",
+        ),
+    ] = None,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--work-dir",
+            help="Folder of the job: one batch file per upstream, state.json (which request went in which batch), "
+            "the downloaded results and retry.jsonl.",
+        ),
+    ] = None,
+    model_uri: Annotated[
+        str, typer.Option("--model-uri", envvar="TIERWISE_MODEL_URI", help="Registry URI or local directory.")
+    ] = "models:/tierwise@champion",
+    tracking_uri: TrackingOpt = None,
+    upstreams: Annotated[
+        Path | None,
+        typer.Option(
+            "--upstreams", help="Upstreams file: where each catalog model is served (env TIERWISE_UPSTREAMS)."
+        ),
+    ] = None,
+    submit: Annotated[
+        bool,
+        typer.Option(
+            "--submit", metavar=FLAG,
+            help="Upload the files and create the batches (requests submitted before are skipped).",
+        ),
+    ] = False,
+    collect: Annotated[
+        bool,
+        typer.Option("--collect", metavar=FLAG, help="Read the finished batches and write the merged results."),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="Merged results, JSONL in input order (default WORK_DIR/results.jsonl)."),
+    ] = None,
+    wait: Annotated[
+        float, typer.Option("--wait", min=0.0, help="With --collect: wait up to this many seconds for running batches.")
+    ] = 0.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar=FLAG, help="No progress bars.")] = False,
+) -> None:
+    """Route a file of chat completion requests and run them on the upstreams' batch APIs (their batch discount).
+
+    Without --submit or --collect: route every request, write one batch file per upstream (upstream model names
+    filled in) and print the tiers chosen and the estimated batch cost against the top tier. --submit uploads them and
+    creates the batches; --collect reads the finished ones and writes one JSONL in input order with each request's
+    tier, answer, tokens and cost at batch prices. Requests that failed or expired go to WORK_DIR/retry.jsonl.
+
+    Exit codes: 0 done, 1 some requests need a retry, 2 bad input or a failed command, 4 batches still running.
+    """
+    _env_defaults()
+    _setup_logging(False)
+    from router.gateway.batch import BatchError
+
+    code = 0
+    try:
+        from router.gateway import batch as jobs
+        from router.gateway.upstreams import UPSTREAMS_ENV, load_upstreams
+
+        if input_path is None or work_dir is None:
+            raise ValueError("--input and --work-dir are required")
+        if wait and not collect:
+            raise ValueError("--wait goes with --collect")
+        upstreams_path = upstreams or os.environ.get(UPSTREAMS_ENV)
+        if not upstreams_path:
+            raise ValueError(
+                f"give --upstreams FILE (or set {UPSTREAMS_ENV}): it says which upstream serves each catalog model"
+            )
+        config = load_upstreams(upstreams_path)
+        lines = jobs.read_input(input_path)
+        work = jobs.WorkDir(work_dir)
+        with work.locked():
+            if submit or not collect:
+                from router.core import Router
+
+                try:
+                    router = Router.load(model_uri, tracking_uri=tracking_uri)
+                except Exception as exc:
+                    why = _missing_model(model_uri, tracking_uri)
+                    if why is None:
+                        raise
+                    raise ValueError(_no_model_hint(why)) from exc
+                routed = jobs.route_lines(router, lines, config, progress=not quiet)
+                to_send = [r for r in routed if work.pending(r.custom_id)]
+                summary = jobs.summarize(to_send, router.catalog, skipped=len(routed) - len(to_send))
+                for text in summary.lines():
+                    typer.echo(text)
+                if not submit:
+                    files = jobs.write_upstream_files(work, routed)
+                    listed = ", ".join(f"{p.name} ({len(ids)})" for p, ids in files.values()) or "none"
+                    typer.echo(f"batch files in {work.upstreams_dir}: {listed}")
+                    if files:
+                        typer.echo("next: the same command with --submit, then --collect")
+                else:
+                    sent = jobs.submit(work, routed, config, router.catalog, router_version=router.ref.label)
+                    for s in sent.submitted:
+                        typer.echo(f"submitted {s.requests} request(s) to upstream {s.upstream}: batch {s.batch_id}")
+                    for note in sent.notes:
+                        typer.echo(f"note: {note}", err=True)
+                    if sent.problems:
+                        raise BatchError(sent.problems)
+                    if not sent.submitted:
+                        typer.echo("nothing to submit: every request was submitted before")
+                    elif not collect:
+                        typer.echo("next: the same command with --collect (--wait SECONDS waits for the batches)")
+            if collect:
+                report = jobs.collect(
+                    work, lines, config, output or work.default_output, wait_s=wait, progress=not quiet
+                )
+                for text in report.lines():
+                    typer.echo(text)
+                code = 4 if report.pending_batches else 1 if report.retry else 0
+    except BatchError as exc:  # every problem, each on its own line (a file can have several bad lines)
+        for problem in exc.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2) from None
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    if code:
+        raise typer.Exit(code)
+
+
 def _no_model_hint(why: str) -> str:
     """``why`` (from :func:`training.registry.describe_missing`) with what to do about it."""
     if "has no alias" in why and "(v" in why:  # versions exist: one of them can be made champion
@@ -471,7 +626,7 @@ def _missing_model(model_uri: str, tracking_uri: str | None) -> str | None:
         return None
 
 
-@app.command()
+@app.command(cls=_Command)
 def promote(
     version: Annotated[str, typer.Argument(help="Model version to make champion.")],
     name: Annotated[str, typer.Option("--name", help="Registered model name.")] = "tierwise",
@@ -490,7 +645,7 @@ def promote(
     typer.echo(f"{name}@champion -> version {version}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def serve(
     model_uri: Annotated[
         str | None, typer.Option("--model-uri", help="Registry URI or local directory (env TIERWISE_MODEL_URI).")
@@ -507,11 +662,20 @@ def serve(
         float | None, typer.Option("--poll-seconds", help="Reload when the alias moves; checked every N s (0 = off).")
     ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="critical/error/warning/info/debug.")] = None,
+    upstreams: Annotated[
+        Path | None,
+        typer.Option(
+            "--upstreams",
+            help="Upstreams file: enables the OpenAI-compatible gateway, POST /v1/chat/completions (env "
+            "TIERWISE_UPSTREAMS).",
+        ),
+    ] = None,
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", metavar=FLAG, help="uvicorn access log.")
     ] = True,
 ) -> None:
-    """Serve the router over HTTP (FastAPI + uvicorn): /v1/route, /v1/route/batch, /v1/route/plan, /v1/feedback.
+    """Serve the router over HTTP (FastAPI + uvicorn): /v1/route, /v1/route/batch, /v1/route/plan, /v1/feedback,
+    and with --upstreams the OpenAI-compatible /v1/chat/completions.
 
     Every other setting comes from TIERWISE_* environment variables (see the README's Serving section).
     """
@@ -521,7 +685,7 @@ def serve(
     _env_defaults()
     given = {
         "model_uri": model_uri, "host": host, "port": port, "workers": workers, "tracking_uri": tracking_uri,
-        "poll_seconds": poll_seconds, "log_level": log_level,
+        "poll_seconds": poll_seconds, "log_level": log_level, "upstreams": upstreams,
     }
     for key, value in given.items():
         if value is not None:
@@ -590,11 +754,46 @@ def _run_server(settings: Any, access_log: bool, state_dir: str) -> int:
     return code
 
 
-decisions_app = typer.Typer(help="The service's decision log (decisions + feedback).", no_args_is_help=True)
+keys_app = _typer(help="Client API keys of the gateway (hashed in a keys file).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("add", cls=_Command)
+def keys_add(
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant the key belongs to (created when new).")],
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Keys file (default: TIERWISE_CLIENT_KEYS or HOME/client_keys.yaml).")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="A name for the key, for humans (e.g. acme-prod).")] = None,
+    budget_usd: Annotated[
+        float | None, typer.Option("--budget-usd", help="The tenant's budget in USD per --period.")
+    ] = None,
+    period: Annotated[str | None, typer.Option("--period", help="Budget period: day, week or month (UTC).")] = None,
+    max_tier: Annotated[
+        str | None, typer.Option("--max-tier", help="The most expensive tier the tenant's requests may use.")
+    ] = None,
+) -> None:
+    """Create a client key: its SHA-256 goes to the keys file, the key itself is printed once (store it now)."""
+    _env_defaults()
+    try:
+        from router.gateway.keys import add_key
+        from router.service.settings import ServiceSettings
+
+        settings = ServiceSettings()
+        path = file or settings.client_keys or settings.home / "client_keys.yaml"
+        key = add_key(path, tenant, name=name, budget_usd=budget_usd, period=period, max_tier=max_tier)  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    typer.echo(key)
+    typer.echo(f"stored its hash for tenant {tenant!r} in {path}; serve with TIERWISE_CLIENT_KEYS={path}", err=True)
+
+
+decisions_app = _typer(help="The service's decision log (decisions + feedback).", no_args_is_help=True)
 app.add_typer(decisions_app, name="decisions")
 
 
-@decisions_app.command("export")
+@decisions_app.command("export", cls=_Command)
 def decisions_export(
     out: Annotated[Path, typer.Option("--out", help="Output log: .csv, .csv.gz, .jsonl or .parquet.")],
     db: Annotated[
@@ -631,7 +830,7 @@ def decisions_export(
     typer.echo(f"{summary.describe()} -> {out}")
 
 
-@decisions_app.command("savings")
+@decisions_app.command("savings", cls=_Command)
 def decisions_savings(
     db: Annotated[
         Path | None, typer.Option("--db", help="Decision log (default: TIERWISE_DECISION_LOG or HOME/decisions.db).")
@@ -660,7 +859,8 @@ def decisions_savings(
     plot: Annotated[Path | None, typer.Option("--plot", help="Also write the savings chart here (.png).")] = None,
 ) -> None:
     """What routing saved: spend of the routed calls plus the escalations the feedback records, against always
-    using each tier, for one router version (the decision log can span several catalogs)."""
+    using each tier, for one router version (the decision log can span several catalogs). When the gateway served
+    calls, also what they actually cost (the upstreams' usage) against the same tokens on the top tier."""
     _env_defaults()
     _setup_logging(False)
     try:
@@ -678,10 +878,22 @@ def decisions_savings(
 
             r = Router.load(model_uri, tracking_uri=tracking_uri)
             chars_per_token, cost_model = r.chars_per_token, r.cost_model
-        frame = reports.spend_frame_from_log(
-            path, None if catalog is None else Catalog.from_yaml(catalog), chars_per_token,
-            router_version=router_version, since=since, until=until, cost_model=cost_model,
+        actual = reports.actual_spend(
+            reports.read_decision_log(path), router_version=router_version, since=since, until=until
         )
+        if actual is not None:
+            typer.echo(f"actual spend through the gateway, router version {actual.attrs.get('router_version')}:")
+            typer.echo(actual.to_string())
+        try:
+            frame = reports.spend_frame_from_log(
+                path, None if catalog is None else Catalog.from_yaml(catalog), chars_per_token,
+                router_version=router_version, since=since, until=until, cost_model=cost_model,
+            )
+        except ValueError as exc:
+            if actual is not None:  # e.g. gateway calls without feedback: the actual table is the report
+                typer.echo(f"note: no routing-savings table ({exc})", err=True)
+                return
+            raise
         summary = reports.savings_summary(frame)
         if frame.attrs.get("note"):
             typer.echo(f"note: {frame.attrs['note']}", err=True)
@@ -698,7 +910,7 @@ def decisions_savings(
         return
 
 
-@app.command("demo-data")
+@app.command("demo-data", cls=_Command)
 def demo_data(
     out: Annotated[Path, typer.Option("--out", help="Where to write the SYNTHETIC demo log.")] = Path("demo_log.csv"),
 ) -> None:

@@ -36,7 +36,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -350,6 +350,7 @@ class DecisionLogSlice:
     decisions: pd.DataFrame
     feedback: pd.DataFrame
     catalogs: dict[str, str]
+    calls: pd.DataFrame = field(default_factory=pd.DataFrame)  # the gateway's calls (actual spend)
 
     def catalog(self, router_version: str) -> Catalog:
         """The catalog ``router_version`` routed with, as the service stored it; ValueError when it did not."""
@@ -372,7 +373,54 @@ def read_decision_log(path: str | os.PathLike[str]) -> DecisionLogSlice:
     path = Path(path)
     decisions = pd.DataFrame(list(dl.iter_decisions(path)), columns=list(dl.DECISION_COLUMNS))
     feedback = pd.DataFrame(list(dl.iter_feedback(path)), columns=list(dl.FEEDBACK_READ_COLUMNS))
-    return DecisionLogSlice(decisions, feedback, dl.stored_catalogs(path))
+    calls = pd.DataFrame(list(dl.iter_calls(path)), columns=list(dl.CALL_COLUMNS))
+    return DecisionLogSlice(decisions, feedback, dl.stored_catalogs(path), calls)
+
+
+def actual_spend(
+    log: DecisionLogSlice,
+    *,
+    router_version: str | None = None,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+) -> pd.DataFrame | None:
+    """What the gateway actually paid, per answering tier, for one router version (default: the latest) in
+    ``[since, until)``: requests, answered (status 200), failed, input/output tokens, actual_usd (the upstreams'
+    usage priced with the catalog), top_tier_usd (the same tokens on the top tier), saved_usd and saved_pct; an
+    ``all`` row last. None when the log has no gateway calls there (routing advice only)."""
+    if log.calls.empty:
+        return None
+    versions = log.decisions.set_index("request_id")["router_version"] if not log.decisions.empty else pd.Series()
+    calls = log.calls.assign(router_version=log.calls["request_id"].map(versions))
+    try:
+        rows, version, _ = _select(calls, "created_at", router_version, since, until)
+    except ValueError:
+        return None
+    order = log.catalog(version).tier_names if version in log.catalogs else sorted(rows["tier"].dropna().unique())
+
+    def summarise(part: pd.DataFrame) -> dict[str, float]:
+        ok = part.loc[part["status"] == 200]
+        paid, top = float(ok["cost_usd"].fillna(0).sum()), float(ok["top_tier_cost_usd"].fillna(0).sum())
+        return {
+            "requests": len(part),
+            "answered": len(ok),
+            "failed": len(part) - len(ok),
+            "input_tokens": float(ok["input_tokens"].fillna(0).sum()),
+            "output_tokens": float(ok["output_tokens"].fillna(0).sum()),
+            "actual_usd": paid,
+            "top_tier_usd": top,
+            "saved_usd": top - paid,
+            "saved_pct": 100.0 * (top - paid) / top if top > 0 else math.nan,
+        }
+
+    records = {str(t): summarise(rows.loc[rows["tier"] == t]) for t in order if (rows["tier"] == t).any()}
+    records[ALL] = summarise(rows)
+    out = pd.DataFrame.from_dict(records, orient="index")
+    out.index.name = "tier"
+    for col in ("requests", "answered", "failed"):
+        out[col] = out[col].astype(np.int64)
+    out.attrs["router_version"] = version
+    return out
 
 
 def spend_frame_from_log(

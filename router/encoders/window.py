@@ -71,6 +71,13 @@ class TokenWindow:
                 content[i] = ids
         return [self.prefix + c + self.suffix for c in content if c is not None]
 
+    def fits(self, text: str) -> bool:
+        """Whether the window keeps all of ``text`` (its tokens and the special tokens fit ``max_tokens``)."""
+        budget = self.max_tokens - self.n_special
+        if len(text) > budget * _CLIP_CHARS_PER_TOKEN * 4:  # far too long to fit: no need to tokenise it
+            return False
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids) <= budget
+
     def encode_inputs(self, texts: Sequence[str], dim: int) -> tuple[np.ndarray, list[list[int]]]:
         """What a transformer backend's ``encode`` starts from: its output array (zeros, float32
         ``[len(texts), dim]``) and the model input ids of each text (:meth:`ids`)."""

@@ -15,8 +15,10 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from router.gateway.proxy import model_list
+from router.gateway.schemas import CachePurgeRequest, CachePurgeResponse, ChatCompletionRequest, ModelList
 from router.service.auth import admin_guard, read_json_body
-from router.service.errors import ERROR_RESPONSES, ApiError, RedactFilter, install_error_handlers
+from router.service.errors import ERROR_RESPONSES, ApiError, RedactFilter, install_error_handlers, one_line
 from router.service.handlers import Service
 from router.service.metrics import ServiceMetrics, endpoint_label
 from router.service.middleware import BodyGuard
@@ -143,6 +145,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             {"name": "routing", "description": "Routing decisions."},
             {"name": "feedback", "description": "Outcomes of routed calls (training data for the next router)."},
             {"name": "catalog", "description": "The tiers of the served model."},
+            {
+                "name": "openai",
+                "description": "OpenAI-compatible gateway: route, call the chosen tier's upstream, fall back, price "
+                "the usage (needs an upstreams file: `tierwise serve --upstreams FILE`). Errors are OpenAI error "
+                "objects.",
+            },
             {"name": "operations", "description": "Health, readiness, metrics and admin."},
         ],
     )
@@ -211,6 +219,77 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         `TIERWISE_DURABLE_FEEDBACK` (the default) the answer comes once the row is committed; 503 when it could not
         be written."""
         return await service.feedback(body)
+
+    @app.post(
+        "/v1/chat/completions",
+        tags=["openai"],
+        summary="OpenAI chat completion, routed to the cheapest acceptable tier and called",
+        responses={
+            200: {
+                "description": "OpenAI `chat.completion` (or `text/event-stream` of `chat.completion.chunk` when "
+                "`stream` is true); `model` is the catalog model that answered.",
+                "content": {"application/json": {}, "text/event-stream": {}},
+            },
+            400: {"model": ErrorResponse, "description": "Invalid request (OpenAI's `invalid_request_error`)."},
+            404: {"model": ErrorResponse, "description": "Unknown `model` (code `model_not_found`)."},
+            502: {"model": ErrorResponse, "description": "No upstream answered (every allowed attempt failed)."},
+            503: {"model": ErrorResponse, "description": "The gateway is not enabled (no upstreams file)."},
+            504: {"model": ErrorResponse, "description": "The last attempt timed out."},
+        },
+    )
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        """`model`: `tierwise`, `tierwise:q0.95`, `tierwise:t0.8` or a catalog model (pass-through). tierwise's
+        options go in a `tierwise` object (`extra_body`) or `x-tierwise-*` headers (`role`, `min_tier`, `max_tier`,
+        `task`, `tenant`). Responses carry `x-tierwise-*` headers: request id (for `/v1/feedback`), tier, model,
+        p-acceptable, cost, attempts, overhead."""
+        if service.gateway is None:
+            raise ApiError(
+                503, "gateway_disabled", "the gateway is not enabled: start tierwise serve with --upstreams FILE "
+                "(or TIERWISE_UPSTREAMS) to map the catalog's models to OpenAI-compatible upstreams", None,
+                "gateway_disabled",
+            )
+        return await service.gateway.chat(body, request.headers)
+
+    @app.get("/v1/models", response_model=ModelList, tags=["openai"], summary="Models the gateway accepts")
+    async def list_models() -> ModelList:
+        """The virtual tierwise models (routed) and the catalog's models (pass-through)."""
+        gateway = service.gateway
+        return model_list(service._get_model(), 0 if gateway is None else int(gateway.started_at))
+
+    @app.post(
+        "/admin/cache/purge",
+        response_model=CachePurgeResponse,
+        tags=["operations"],
+        summary="Remove one tenant's cached answers (bearer token)",
+        dependencies=[Depends(require_admin)],
+        responses={
+            **ERROR_RESPONSES,
+            401: {"model": ErrorResponse, "description": "Missing or wrong admin token."},
+            403: {"model": ErrorResponse, "description": "Admin endpoints are disabled (no TIERWISE_ADMIN_TOKEN)."},
+            409: {"model": ErrorResponse, "description": "The gateway's cache is not enabled."},
+            503: {"model": ErrorResponse, "description": "The shared Redis level could not be reached."},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": CachePurgeRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def cache_purge(request: Request) -> CachePurgeResponse:
+        """Cached prompts and answers are user data: this removes a tenant's from this replica's memory and from
+        Redis (other replicas' in-memory copies expire within a minute when Redis is configured)."""
+        body = await read_json_body(request, CachePurgeRequest)
+        if body is None:
+            raise ApiError(422, "validation_error", "body: give {\"tenant\": ...}", "tenant")
+        gateway = service.gateway
+        if gateway is None or gateway.cache is None:
+            raise ApiError(409, "cache_disabled", "the gateway's response cache is not enabled", None)
+        try:
+            removed = await gateway.cache.purge_tenant(body.tenant)
+        except Exception as exc:  # noqa: BLE001 - CacheError: Redis unreachable (memory was purged)
+            raise ApiError(503, "cache_unavailable", f"could not purge the shared cache: {one_line(exc)}") from exc
+        return CachePurgeResponse(tenant=body.tenant, removed=removed)
 
     @app.get("/v1/tiers", response_model=TiersResponse, tags=["catalog"], summary="The served model's tier catalog")
     async def tiers() -> TiersResponse:

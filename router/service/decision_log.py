@@ -85,6 +85,27 @@ CREATE TABLE IF NOT EXISTS feedback (
     feedback_id      TEXT
 );
 CREATE INDEX IF NOT EXISTS feedback_request_id ON feedback (request_id);
+CREATE TABLE IF NOT EXISTS calls (
+    request_id         TEXT PRIMARY KEY,
+    created_at         TEXT NOT NULL,
+    requested_model    TEXT NOT NULL,
+    tier               TEXT,
+    model              TEXT,
+    upstream           TEXT,
+    status             INTEGER NOT NULL,
+    outcome            TEXT NOT NULL,
+    stream             INTEGER NOT NULL,
+    input_tokens       INTEGER,
+    output_tokens      INTEGER,
+    cost_usd           REAL,
+    top_tier_cost_usd  REAL,
+    latency_ms         REAL,
+    upstream_ms        REAL,
+    overhead_ms        REAL,
+    attempts           TEXT NOT NULL,
+    cache              TEXT NOT NULL,
+    tenant             TEXT
+);
 CREATE TABLE IF NOT EXISTS tierwise_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS catalogs (
     router_version   TEXT PRIMARY KEY,
@@ -128,6 +149,30 @@ FEEDBACK_COLUMNS = (
     "metadata",
     "feedback_id",
 )
+CALL_COLUMNS = (
+    "request_id",
+    "created_at",
+    "requested_model",
+    "tier",
+    "model",
+    "upstream",
+    "status",
+    "outcome",
+    "stream",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "top_tier_cost_usd",
+    "latency_ms",
+    "upstream_ms",
+    "overhead_ms",
+    "attempts",
+    "cache",
+    "tenant",
+)
+_INSERT_CALL = (
+    f"INSERT OR REPLACE INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' for _ in CALL_COLUMNS)})"
+)
 _INSERT_DECISION = (
     f"INSERT OR REPLACE INTO decisions ({', '.join(DECISION_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in DECISION_COLUMNS)})"
@@ -137,6 +182,8 @@ _INSERT_FEEDBACK = (
     f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({', '.join('?' for _ in FEEDBACK_COLUMNS)}) "
     "ON CONFLICT (feedback_id) DO NOTHING"
 )
+_KIND_NAMES = {"d": "decision", "f": "feedback", "c": "gateway call"}
+_INSERTS = {"d": _INSERT_DECISION, "f": _INSERT_FEEDBACK, "c": _INSERT_CALL}
 
 
 def prompt_hash(text: str) -> str:
@@ -206,7 +253,7 @@ class _Flush:
 
 @dataclass
 class _Row:
-    kind: str  # "d" (decision) or "f" (feedback)
+    kind: str  # "d" (decision), "f" (feedback) or "c" (a gateway call's outcome)
     values: tuple[Any, ...]
     future: Future[bool] | None = None
     urgent: bool = False  # someone waits for the commit: no batching pause
@@ -433,6 +480,44 @@ class DecisionLog:
         self._put(_Row("f", row, future, durable))
         return future
 
+    def record_call(
+        self,
+        *,
+        request_id: str,
+        requested_model: str,
+        tier: str | None,
+        model: str | None,
+        upstream: str | None,
+        status: int,
+        outcome: str,
+        stream: bool,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        cost_usd: float | None,
+        top_tier_cost_usd: float | None,
+        latency_ms: float,
+        upstream_ms: float | None,
+        overhead_ms: float | None,
+        attempts: list[dict[str, Any]],
+        cache: str,
+        tenant: str | None = None,
+    ) -> None:
+        """Queue the outcome of one gateway call (``/v1/chat/completions``): who answered, the tokens and USD the
+        upstream's usage says, the all-top-tier counterfactual, timings and every attempt. No text is stored."""
+        for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
+                            ("cost_usd", cost_usd), ("latency_ms", latency_ms)):
+            _check_number(name, value)
+        for name, value in (("top_tier_cost_usd", top_tier_cost_usd), ("upstream_ms", upstream_ms),
+                            ("overhead_ms", overhead_ms)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        row = (
+            request_id, utc_now(), requested_model, tier, model, upstream, int(status), outcome, int(stream),
+            input_tokens, output_tokens, cost_usd, top_tier_cost_usd, latency_ms, upstream_ms, overhead_ms,
+            _json(attempts) or "[]", cache, tenant,
+        )
+        self._put(_Row("c", row))
+
     def record_catalog(self, router_version: str, catalog_yaml: str) -> None:
         """Store the catalog a router version routes with (synchronous: call it from a thread)."""
         with self._read_lock:
@@ -457,7 +542,7 @@ class DecisionLog:
             if item.urgent:
                 self._urgent.set()
         except queue.Full:
-            what = "decision" if item.kind == "d" else "feedback"
+            what = _KIND_NAMES[item.kind]
             why = "the decision log is closed" if self._closed else "decision log queue full"
             log.error("%s: dropping a %s row (request %s)", why, what, item.request_id)
             self._fail_rows([item], why)
@@ -606,7 +691,7 @@ class DecisionLog:
         for r, why in rejected:
             log.error(
                 "decision log refused a %s row (request %s), dropped: %s",
-                "decision" if r.kind == "d" else "feedback",
+                _KIND_NAMES[r.kind],
                 r.request_id,
                 why,
             )
@@ -617,10 +702,13 @@ class DecisionLog:
     def _transaction(conn: sqlite3.Connection, rows: list[_Row]) -> list[tuple[_Row, str]]:
         conn.execute("BEGIN IMMEDIATE")
         decisions = [r.values for r in rows if r.kind == "d"]
+        calls = [r.values for r in rows if r.kind == "c"]
         rejected: list[tuple[_Row, str]] = []
         try:
             if decisions:
                 conn.executemany(_INSERT_DECISION, decisions)
+            if calls:
+                conn.executemany(_INSERT_CALL, calls)
             for r in rows:  # one by one (feedback is rare): a retried feedback_id inserts nothing, and says so
                 if r.kind == "f":
                     r.inserted = conn.execute(_INSERT_FEEDBACK, r.values).rowcount > 0
@@ -633,8 +721,8 @@ class DecisionLog:
             conn.execute("BEGIN IMMEDIATE")
             for r in rows:
                 try:
-                    cur = conn.execute(_INSERT_DECISION if r.kind == "d" else _INSERT_FEEDBACK, r.values)
-                    r.inserted = r.kind == "d" or cur.rowcount > 0
+                    cur = conn.execute(_INSERTS[r.kind], r.values)
+                    r.inserted = r.kind != "f" or cur.rowcount > 0
                 except Exception as row_exc:  # noqa: BLE001
                     if _database_error(row_exc):
                         raise
@@ -934,6 +1022,16 @@ def _iter_rows(path: str | Path, table: str, columns: Sequence[str], order: str)
 def iter_decisions(path: str | Path) -> Iterable[dict[str, Any]]:
     """All decisions (for analysis), oldest first."""
     return _iter_rows(path, "decisions", DECISION_COLUMNS, "created_at")
+
+
+def iter_calls(path: str | Path) -> Iterable[dict[str, Any]]:
+    """The gateway's calls (``/v1/chat/completions`` outcomes), oldest first; none in a log older than the gateway."""
+    conn = connect(path, readonly=True)
+    try:
+        has = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'calls'").fetchone()
+    finally:
+        conn.close()
+    return _iter_rows(path, "calls", CALL_COLUMNS, "created_at") if has else iter(())
 
 
 FEEDBACK_READ_COLUMNS = tuple(c for c in FEEDBACK_COLUMNS if c != "metadata")

@@ -1,4 +1,9 @@
-"""Error answers of the service: every 4xx/5xx body is ``{"error": {"type", "message", "field"}}``."""
+"""Error answers of the service: every 4xx/5xx body is ``{"error": {"type", "message", "field", "param", "code"}}``.
+
+``param`` (the same as ``field``) and ``code`` make the object OpenAI's error object too, so OpenAI SDKs pointed at
+the gateway raise their usual exceptions with the message. On the OpenAI-compatible paths a validation error is a
+400 ``invalid_request_error`` (OpenAI's status), elsewhere a 422 ``validation_error``.
+"""
 
 from __future__ import annotations
 
@@ -34,12 +39,22 @@ class StartupError(RuntimeError):
 class ApiError(Exception):
     """An error answered as ``{"error": {"type", "message", "field"}}``."""
 
-    def __init__(self, status: int, type_: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        type_: str,
+        message: str,
+        field: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.type = type_
         self.message = message
         self.field = field
+        self.code = code
+        self.headers = headers
 
 
 # ``scheme://user:password@host``: the password part of a URI's userinfo (tracking URIs may carry database or HTTP
@@ -78,8 +93,18 @@ def one_line(exc: BaseException, limit: int = 240) -> str:
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def error_body(status: int, type_: str, message: str, field: str | None, details: list[Any] | None = None) -> bytes:
-    err: dict[str, Any] = {"type": type_, "message": message, "field": field}
+OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/models"})
+
+
+def error_body(
+    status: int,
+    type_: str,
+    message: str,
+    field: str | None,
+    details: list[Any] | None = None,
+    code: str | None = None,
+) -> bytes:
+    err: dict[str, Any] = {"type": type_, "message": message, "field": field, "param": field, "code": code}
     if details:
         err["details"] = details
     return _ENCODE({"error": err}).encode("ascii")
@@ -129,10 +154,13 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         field: str | None,
         details: list[Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        code: str | None = None,
     ) -> Response:
+        if status == 422 and request.url.path in OPENAI_PATHS:  # OpenAI answers invalid requests with 400
+            status, type_ = 400, "invalid_request_error"
         metrics.errors.labels(endpoint=endpoint_label(request.url.path), status=str(status), type=type_).inc()
         return Response(
-            error_body(status, type_, message, field, details),
+            error_body(status, type_, message, field, details, code),
             status_code=status,
             media_type="application/json",
             headers=headers,
@@ -140,7 +168,9 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
-        return respond(request, exc.status, exc.type, redact(exc.message), exc.field)
+        return respond(
+            request, exc.status, exc.type, redact(exc.message), exc.field, headers=exc.headers, code=exc.code
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

@@ -18,7 +18,7 @@ import random
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from starlette.types import Receive, Send
@@ -33,6 +33,7 @@ from router.service.schemas import (
     BatchAdvice,
     BatchRouteRequest,
     BatchRouteResponse,
+    ChatMessage,
     CostEstimate,
     FeedbackRequest,
     FeedbackResponse,
@@ -50,6 +51,9 @@ from router.service.schemas import (
     TiersResponse,
 )
 from router.service.settings import STATE_DIR_ENV, ServiceSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from router.gateway.proxy import Gateway
 
 log = logging.getLogger("tierwise.service")
 
@@ -86,6 +90,7 @@ class Service:
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._recent_cap = 200_000
         self.last_reload_error: str | None = None
+        self.gateway: Gateway | None = None
 
     def _get_model(self) -> LoadedModel:
         assert self.model is not None
@@ -140,6 +145,13 @@ class Service:
         self.dlog.start()
         self._settle_heap()
         self.metrics.watch_gc()
+        if s.upstreams is not None:
+            from router.gateway.proxy import Gateway
+
+            try:
+                self.gateway = Gateway.from_path(self, str(s.upstreams))
+            except ValueError as exc:  # UpstreamsError: the file, its fields, keys or the catalog
+                raise StartupError(f"cannot enable the gateway: {exc}") from exc
         await self.batcher.start()
         if s.poll_seconds > 0:
             self._poll_task = asyncio.create_task(self._poll(), name="tierwise-poll")
@@ -182,6 +194,9 @@ class Service:
                 await self._poll_task
             self._poll_task = None
         await self.batcher.stop()
+        if self.gateway is not None:
+            with contextlib.suppress(Exception):
+                await self.gateway.aclose()
         self.metrics.unwatch_gc()
         if self.dlog is not None:
             await asyncio.to_thread(self.dlog.close)
@@ -202,6 +217,16 @@ class Service:
                 raise ApiError(
                     503, "reload_failed", f"{self.last_reload_error}; still serving {old.label}", "model_uri"
                 ) from exc
+            if self.gateway is not None:
+                try:
+                    self.gateway.check_catalog(new)
+                except ValueError as exc:  # a tier the gateway could not call: keep the old model
+                    self.last_reload_error = f"{reason} reload refused: {exc}"
+                    self.metrics.reloads.labels(result="failed").inc()
+                    log.error("%s; still serving %s", self.last_reload_error, old.label)
+                    raise ApiError(
+                        503, "reload_failed", f"{self.last_reload_error}; still serving {old.label}", "model_uri"
+                    ) from exc
             try:
                 await asyncio.to_thread(self._record_catalog, new)
             except Exception as exc:  # noqa: BLE001 - serve anyway; an export of this version then asks for it
@@ -443,22 +468,51 @@ class Service:
     ) -> tuple[LoadedModel, np.ndarray]:
         """Batch and plan prompts, in chunks that take turns with single routes (see MicroBatcher.run_many)."""
         s = self.settings
-        model, proba = await self.batcher.run_many(
+        model, rows = await self.batcher.run_many(
             texts, roles, tasks, chunk=s.max_batch_size, max_chars=s.max_chunk_chars
         )
-        return cast(LoadedModel, model), proba
+        m = cast(LoadedModel, model)
+        return m, rows[:, : len(m.tier_names)]
 
     # --- handlers: each returns its response model and the headers to send with it -------------------------------
-    async def route(self, req: RouteRequest) -> tuple[RouteResponse, dict[str, str]]:
+    async def route(self, req: RouteRequest, endpoint: str = "/v1/route") -> tuple[RouteResponse, dict[str, str]]:
+        """One routing decision (``endpoint``: the path it is logged and counted under; the gateway routes too)."""
+        result, headers, _ = await self.route_with_embedding(req, endpoint)
+        return result, headers
+
+    async def route_with_embedding(
+        self, req: RouteRequest, endpoint: str = "/v1/route"
+    ) -> tuple[RouteResponse, dict[str, str], np.ndarray | None]:
+        """:meth:`route` and the routing text's embedding (None when the model uses none), from the same call."""
         t0 = time.perf_counter()
         current = self._get_model()
         self._threshold(current, req)  # reject bad knobs before spending encoder time
         self._bounds(current, req)
         text = req.routing_text()
-        m, proba = await self.batcher.submit(text, req.role, _task(req))
-        result = self._route_one(m, req, proba, text, "/v1/route", t0)
-        self.metrics.latency.labels(endpoint="/v1/route").observe(time.perf_counter() - t0)
-        return result, self._headers(m, result)
+        m, row = await self.batcher.submit(text, req.role, _task(req))
+        n_tiers = len(m.tier_names)
+        result = self._route_one(m, req, row[:n_tiers], text, endpoint, t0)
+        self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - t0)
+        return result, self._headers(m, result), (row[n_tiers:] if len(row) > n_tiers else None)
+
+    def record_pass_through(
+        self, m: LoadedModel, tier_index: int, messages: list[ChatMessage], role: str, metadata: RequestMetadata | None
+    ) -> str:
+        """Log a gateway request that named its model (no routing) as a decision, so feedback can refer to it;
+        return its request id."""
+        request_id = new_request_id()
+        tier = m.router.catalog.tiers[tier_index]
+        text = RouteRequest(messages=messages).routing_text() if any(x.role == "user" for x in messages) else ""
+        self.metrics.requests.labels(endpoint="/v1/chat/completions", tier=tier.name, role=role).inc()
+        self._remember(request_id)
+        assert self.dlog is not None
+        self.dlog.record_decision(
+            request_id=request_id, endpoint="/v1/chat/completions", text=text, role=role, tier=tier.name,
+            tier_index=tier_index, model=tier.model, threshold=float(m.router.threshold), reason="pass_through",
+            probabilities={}, router_version=m.label, est_cost_usd=None, est_top_cost_usd=None, latency_ms=0.0,
+            metadata=metadata.model_dump(exclude_none=True) if metadata is not None else None,
+        )
+        return request_id
 
     async def route_batch(self, body: BatchRouteRequest) -> tuple[BatchRouteResponse, dict[str, str]]:
         t0 = time.perf_counter()
@@ -685,7 +739,10 @@ class Service:
 
 
 def _predict(model: LoadedModel, texts: list[str], roles: list[str | None], tasks: list[str | None]) -> np.ndarray:
-    return model.router.predict_proba_array(texts, roles, tasks)
+    """One row per prompt: P(acceptable) per tier, then the prompt's embedding (the gateway's semantic cache reuses
+    it); callers slice the first ``len(tier_names)`` columns."""
+    proba, emb = model.router.predict_proba_and_embedding(texts, roles, tasks)
+    return proba if emb is None else np.hstack([proba, emb])
 
 
 def _task(options: RoutingOptions) -> str | None:

@@ -38,6 +38,9 @@ KNOWN_PATHS = frozenset(
         "/readyz",
         "/metrics",
         "/admin/reload",
+        "/admin/cache/purge",
+        "/v1/chat/completions",
+        "/v1/models",
     }
 )
 
@@ -88,6 +91,58 @@ class ServiceMetrics:
         self.baseline_spend = Counter(
             "tierwise_estimated_baseline_spend_usd",
             "Estimated USD of the same calls had they all gone to the top tier.",
+            registry=r,
+        )
+        # the gateway (/v1/chat/completions): what was actually paid, from the upstreams' usage
+        self.actual_spend = Counter(
+            "tierwise_actual_spend_usd",
+            "USD of the gateway's upstream calls, priced from their usage (catalog list price, else the fitted cost "
+            "model), by the tier that answered.",
+            ("tier",),
+            registry=r,
+        )
+        self.actual_baseline_spend = Counter(
+            "tierwise_actual_baseline_spend_usd",
+            "USD the same tokens would have cost on the top tier (the all-top-tier counterfactual).",
+            registry=r,
+        )
+        self.gateway_tokens = Counter(
+            "tierwise_gateway_tokens", "Tokens the gateway's upstreams billed, by tier and kind.", ("tier", "kind"),
+            registry=r,
+        )
+        self.upstream_attempts = Counter(
+            "tierwise_upstream_attempts",
+            "Gateway calls to upstreams by upstream entry and outcome (ok, http_<status>, timeout, connect_error, "
+            "circuit_open, bad_response, stream_broken, cancelled).",
+            ("upstream", "outcome"),
+            registry=r,
+        )
+        self.gateway_overhead = Histogram(
+            "tierwise_gateway_overhead_seconds",
+            "Time the gateway adds to a request: total time minus the time spent waiting for upstreams (for streams: "
+            "up to the first byte).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tenant_spend = Counter(
+            "tierwise_tenant_spend_usd",
+            "USD the gateway's upstream calls cost, by tenant (the first 100 tenants by name, the rest as `other`).",
+            ("tenant",),
+            registry=r,
+        )
+        self.cache_requests = Counter(
+            "tierwise_cache_requests",
+            "Gateway requests by cache result: hit-l1, hit-l2, hit-semantic, miss, bypass (not cacheable or opted "
+            "out) or off (no cache configured).",
+            ("result",),
+            registry=r,
+        )
+        self.cache_events = Counter(
+            "tierwise_cache_events", "Response-cache events (store, redis_error, ...).", ("event",), registry=r
+        )
+        self.cache_saved = Counter(
+            "tierwise_cache_saved_usd",
+            "USD the cache saved: what the cached answers cost when they were first paid for.",
             registry=r,
         )
         self.feedback = Counter(

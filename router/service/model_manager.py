@@ -2,18 +2,22 @@
 
 After every successful registry load the bundle is copied atomically to ``model_cache_dir`` (the last-good copy), so
 a start while the registry is unreachable can still serve (degraded). The copy records which model it is (registry
-name, version, URI) and is used only for that model: a ``TIERWISE_HOME`` shared by services of different models never
-serves one model's copy for another. A ``sqlite:///`` store that does not exist is refused (a mistyped path would
-otherwise create an empty store). Loading blocks: call it from a thread.
+name, version, URI) and is used only for that model. By default each configured model (URI and tracking store) has
+its own folder under ``HOME/serving/last-good/``, so services of different models sharing one ``TIERWISE_HOME`` keep
+one copy each instead of overwriting a single one (and never serve one model's copy for another). A ``sqlite:///``
+store that does not exist is refused (a mistyped path would otherwise create an empty store). Loading blocks: call
+it from a thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -96,12 +100,21 @@ class ModelManager:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.model_uri = settings.model_uri
-        self.cache = settings.model_cache_path
+        self.cache = settings.model_cache_dir.expanduser() if settings.model_cache_dir else self.default_cache_dir()
 
     @property
     def tracking_uri(self) -> str:
         """The store registry URIs resolve against: TIERWISE_TRACKING_URI > MLFLOW_TRACKING_URI > HOME/mlflow.db."""
         return resolve_tracking_uri(self.settings.tracking_uri, home=self.settings.home)
+
+    def default_cache_dir(self) -> Path:
+        """``HOME/serving/last-good/<model name>-<digest>``: one folder per configured model URI and tracking store."""
+        from router.core import parse_registry_uri
+
+        name = parse_registry_uri(self.model_uri)[0] or Path(self.model_uri.rstrip("/")).name or "model"
+        key = f"{self.tracking_uri}\n{self.model_uri}".encode()
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60].strip(".") or "model"
+        return self.settings.last_good_root / f"{safe}-{hashlib.sha256(key).hexdigest()[:12]}"
 
     def check_store(self) -> str:
         """The tracking URI, once a SQLite store is known to exist (MLflow would create an empty one silently)."""

@@ -49,16 +49,16 @@ def _one_of_required(*alternatives: tuple[str, dict[str, Any]]) -> list[Any]:
 TokenCount = Annotated[Integer, Field(ge=0, le=MAX_TOKENS), BeforeValidator(whole_number)]
 
 
-def _no_non_finite(value: Any, where: str = "metadata") -> Any:
+def no_non_finite(value: Any, where: str = "metadata") -> Any:
     """Free-form JSON may hold any value but no Infinity/NaN (they are not JSON and poison exports)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where} holds a non-finite number ({value}); send finite numbers only")
     if isinstance(value, dict):
         for k, v in value.items():
-            _no_non_finite(v, f"{where}.{k}")
+            no_non_finite(v, f"{where}.{k}")
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _no_non_finite(v, f"{where}.{i}")
+            no_non_finite(v, f"{where}.{i}")
     return value
 
 
@@ -94,6 +94,10 @@ class ErrorBody(BaseModel):
     type: str = Field(description="Machine-readable error kind, e.g. `validation_error`, `payload_too_large`.")
     message: str = Field(description="What is wrong, in one sentence.")
     field: str | None = Field(None, description="The request field at fault (dotted path), or `body`.")
+    param: str | None = Field(None, description="The same as `field` (OpenAI's name for it).")
+    code: str | None = Field(
+        None, description="A finer code when there is one (OpenAI's `code`, e.g. `model_not_found`)."
+    )
     details: list[dict[str, str]] | None = Field(
         None, description="Validation errors only: every problem found, as {field, message}."
     )
@@ -162,7 +166,7 @@ class RequestMetadata(BaseModel):
 
     @model_validator(mode="after")
     def _finite_extras(self) -> RequestMetadata:
-        _no_non_finite(self.model_extra or {})
+        no_non_finite(self.model_extra or {})
         return self
 
 
@@ -399,7 +403,7 @@ class FeedbackRequest(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _finite_metadata(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _no_non_finite(v)
+        return no_non_finite(v)
 
     @model_validator(mode="after")
     def _needs(self) -> FeedbackRequest:

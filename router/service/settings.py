@@ -62,7 +62,9 @@ class ServiceSettings(HomeSettings):
         "and the configured model URI (403 for others).",
     )
     model_cache_dir: Path | None = Field(
-        None, description="Last good model copy, used when the registry is down (default: HOME/serving/last-good)."
+        None,
+        description="Last good model copy, used when the registry is down (default: a folder per configured model "
+        "under HOME/serving/last-good).",
     )
     batch_window_ms: float = Field(
         2.0,
@@ -86,6 +88,48 @@ class ServiceSettings(HomeSettings):
     feedback_wait_ms: float = Field(
         1000.0, ge=0, description="How long feedback waits for its decision to reach the log (multi-worker lag)."
     )
+    upstreams: Path | None = Field(
+        None,
+        description="Upstreams file (YAML): enables the OpenAI-compatible gateway (POST /v1/chat/completions) by "
+        "mapping every catalog model to an OpenAI-compatible base URL and the NAME of the environment variable "
+        "holding its key; unset = /v1/chat/completions answers 503.",
+    )
+    gateway_deadline_s: float = Field(
+        120.0, gt=0, le=3600, description="Gateway: the longest one chat completion may take, every attempt included."
+    )
+    gateway_max_attempts: int = Field(
+        6, ge=1, le=50, description="Gateway: most upstream calls per request (fallbacks and escalation included)."
+    )
+    cache: bool = Field(
+        True,
+        description="Gateway response cache: answers to deterministic requests (temperature 0, or a request that "
+        "opts in) are kept in process (and in Redis with TIERWISE_CACHE_URL) and served again without an upstream "
+        "call. Cached prompts and answers are user data.",
+    )
+    cache_url: str | None = Field(
+        None, description="Redis URL (redis://host:6379/0) for the response cache shared by all replicas."
+    )
+    cache_ttl_s: float = Field(86400.0, gt=0, le=365 * 86400, description="How long a cached answer is served.")
+    cache_l1_entries: int = Field(10_000, ge=0, le=10_000_000, description="In-process cache size (answers).")
+    cache_semantic: bool = Field(
+        False,
+        description="Also serve a cached answer to a request whose routing embedding is this close to a cached "
+        "one (same tenant, model, system prompt, earlier turns and parameters; prompts that fit the encoder's "
+        "window only).",
+    )
+    cache_semantic_min_similarity: float = Field(
+        0.97, ge=0.5, le=1.0, description="Semantic cache: the least cosine similarity that counts as the same."
+    )
+    client_keys: Path | None = Field(
+        None,
+        description="Client keys file (`tierwise keys add`): the gateway then answers only requests with a known "
+        "`Authorization: Bearer` key (401 otherwise), each key's tenant with its budget and tier cap.",
+    )
+    budget_url: str | None = Field(
+        None,
+        description="Redis URL where tenants' budgets are counted across replicas (default: TIERWISE_CACHE_URL; "
+        "neither: counted in each worker's memory).",
+    )
     log_level: str = Field("info", description="uvicorn / tierwise log level.")
 
     @field_validator("log_level")
@@ -101,8 +145,9 @@ class ServiceSettings(HomeSettings):
         return (self.decision_log or self.home / "decisions.db").expanduser()
 
     @property
-    def model_cache_path(self) -> Path:
-        return (self.model_cache_dir or self.home / "serving" / "last-good").expanduser()
+    def last_good_root(self) -> Path:
+        """Where the default per-model last-good folders live (``model_cache_dir`` replaces them when set)."""
+        return (self.home / "serving" / "last-good").expanduser()
 
     @property
     def inference_threads_value(self) -> int:
