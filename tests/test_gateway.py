@@ -359,3 +359,22 @@ def test_savings_command_prints_actual_spend(work: Path) -> None:
     res = CliRunner().invoke(app, ["decisions", "savings", "--db", str(work / "decisions.db")], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "actual spend through the gateway" in res.output and "actual_usd" in res.output
+
+
+def test_hanging_and_garbage_upstreams(client: openai.OpenAI, fake: FakeUpstream, work: Path) -> None:
+    # garbage from nano's upstream: its backup answers; nothing is billed for the garbage
+    fake.configure("up-demo-nano", garbage=True)
+    raw = client.chat.completions.with_raw_response.create(model="demo-nano", messages=MSG)
+    assert raw.parse().choices[0].message.content == "answer from up-nano-backup"
+    row = call_row(work, raw.headers["x-tierwise-request-id"])
+    assert [a["outcome"] for a in json.loads(row["attempts"])] == ["bad_response", "ok"]
+    assert row["upstream"] == "nano-backup" and row["cost_usd"] > 0
+    # the top tier hangs and nothing else may answer: 504 after its timeout (5 s in the upstreams file), one call
+    fake.reset()
+    fake.configure("up-demo-large", hang=True)
+    t0 = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="demo-large", messages=MSG)
+    assert info.value.status_code == 504 and 4.5 < time.monotonic() - t0 < 20
+    assert isinstance(info.value.body, dict) and info.value.body.get("code") == "upstream_timeout"
+    assert len(fake.calls()) == 1

@@ -16,6 +16,7 @@ answer text.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -106,6 +107,7 @@ class _Call:
     scope: str | None = None  # the semantic scope (None: no semantic matching)
     tenant: Tenant | None = None  # the client key's tenant (None: no client keys configured)
     reservation: Reservation | None = None  # the budget held for this request until its cost is known
+    finished: bool = False  # accounted for (or handed to a stream that will account for itself)
 
     @property
     def storing(self) -> bool:
@@ -135,6 +137,7 @@ class Gateway:
         self.cache: ResponseCache | None = None
         if cache_config.enabled:
             self.cache = ResponseCache(cache_config, on_event=lambda e: metrics.cache_events.labels(event=e).inc())
+        self._background: set[asyncio.Task[None]] = set()
         self.keys = KeyStore.load(s.client_keys) if s.client_keys is not None else None
         self.ledger: BudgetLedger | None = None
         self.tenant_labels = TenantLabels(preset=sorted(self.keys.tenants) if self.keys is not None else ())
@@ -214,6 +217,15 @@ class Gateway:
                 {"Retry-After": str(int(exc.retry_after_s))},
             ) from None
 
+    def _release(self, out: _Call) -> None:
+        """Give back a reservation without waiting (also from a cancelled request's cleanup)."""
+        out.finished = True
+        if self.ledger is None or out.reservation is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.ledger.settle(out.reservation, None))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # --- /v1/chat/completions ------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, headers: Mapping[str, str]) -> Response:
         t0 = time.perf_counter()
@@ -245,9 +257,18 @@ class Gateway:
                     out.cache = hit.status
                     return await self._cached(out, hit)
         await self._reserve(out)
+        try:
+            return await self._call_upstreams(out, body)
+        finally:
+            if not out.finished:  # cancelled (the client went away) or failed before an answer: release the budget
+                self._release(out)
+
+    async def _call_upstreams(self, out: _Call, body: dict[str, Any]) -> Response:
+        """Walk the attempts (fallbacks, then escalation) until one answers or the bounds are reached."""
+        req = out.req
         deadline = time.monotonic() + self.settings.gateway_deadline_s
         last: UpstreamError | None = None
-        for tier_index, upstream in self._chain(m, plan):
+        for tier_index, upstream in self._chain(out.m, out.plan):
             if len(out.attempts) >= self.settings.gateway_max_attempts or time.monotonic() >= deadline:
                 break
             started = time.perf_counter()
@@ -404,6 +425,7 @@ class Gateway:
         priced: tuple[Any, ...],
     ) -> None:
         """Account for a finished request: settle its budget, count metrics, queue its ``calls`` row."""
+        out.finished = True
         m, req, plan, opts = out.m, out.req, out.plan, out.opts
         i, o, cost, top = priced
         if self.ledger is not None and out.reservation is not None:
@@ -473,8 +495,20 @@ class Gateway:
         headers.pop("x-tierwise-cost-usd", None)  # known only at the end of the stream (decision log, metrics)
         cache = self.cache
         assembler = StreamAssembler(cache.config.max_entry_bytes) if cache is not None and out.storing else None
+        started: list[bool] = []
+
+        async def never_started() -> None:
+            """The client left before the body began: close the upstream stream (its concurrency slot) and account
+            for the call, which the body's own cleanup would have done."""
+            if started:
+                return
+            await stream.aclose()
+            if stream.attempt is not None:
+                out.attempts.append(stream.attempt)
+            await self._finish(out, t=t, upstream=stream.upstream, status=499, outcome="cancelled", priced=_UNPRICED)
 
         async def events() -> AsyncIterator[bytes]:
+            started.append(True)
             outcome, status = "ok", 200
             try:
                 async for payload in stream:
@@ -509,7 +543,10 @@ class Gateway:
                 if answer is not None:  # a cut or failed stream is never cached
                     await self._store(out, t, answer, priced)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        out.finished = True  # the stream accounts for itself (events() or never_started())
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers=headers, background=BackgroundTask(never_started)
+        )
 
     async def _store(self, out: _Call, t: int, completion: dict[str, Any], priced: tuple[Any, ...]) -> None:
         """Cache a finished answer (the cache refuses errors and truncated answers) with what it cost."""

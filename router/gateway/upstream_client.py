@@ -25,6 +25,16 @@ Timeouts: ``timeout_s`` bounds one attempt of :meth:`~UpstreamClient.complete` f
 and the first event of a stream; after that it is the longest wait for the next event. ``deadline`` (a
 :func:`time.monotonic` instant) bounds everything, the wait for a concurrency slot included. A timeout caused by the
 caller's deadline (rather than the upstream's own ``timeout_s``) does not count against the upstream's breaker.
+``connect_timeout_s`` bounds each TCP connect (TLS handshake included); running out of it is a ``connect_error``.
+
+Transport: one :class:`aiohttp.ClientSession` per client (httpx's async client cost ~10x the CPU per request). What
+httpx did by default is kept: no redirects followed, no status raised, gzip/deflate decoded, cookies kept, the CA
+bundle from ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` else certifi's, proxies from ``HTTP(S)_PROXY`` / ``ALL_PROXY`` /
+``NO_PROXY`` (``.netrc`` is not read), the JSON body compact UTF-8 with NaN refused, SSE lines split as
+:meth:`str.splitlines` does. aiohttp's exceptions map onto the table above: refused, DNS, TLS and reset connections,
+a cut or malformed answer before the first event -> ``connect_error``; an undecodable (gzip ...) body ->
+``bad_response``; no connection within ``connect_timeout_s`` -> ``connect_error``; a read stalled past
+``timeout_s`` -> ``timeout``; any of these after a stream's first event -> ``stream_broken``.
 
 Nothing here logs request or answer text: only upstream names, outcomes, status codes and timings.
 """
@@ -32,16 +42,23 @@ Nothing here logs request or answer text: only upstream names, outcomes, status 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
 import logging
+import math
+import os
+import ssl
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, NoReturn
 
-import httpx
+import aiohttp
+from aiohttp.http_exceptions import ContentEncodingError
+from yarl import URL
 
 from router.gateway.upstreams import Upstream, UpstreamsConfig
 
@@ -52,6 +69,8 @@ MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 256 * 1024
 """Largest error body read from an upstream (an OpenAI error object is a few hundred bytes)."""
 MAX_POOL_CONNECTIONS = 10_000
+KEEPALIVE_S = 5.0
+"""How long an idle pooled connection is kept (httpx's default; servers such as uvicorn close theirs after 5 s)."""
 
 Outcome = str
 """``ok``, ``http_<status>``, ``timeout``, ``connect_error``, ``circuit_open``, ``bad_response``, ``stream_broken``
@@ -229,7 +248,7 @@ class UpstreamStream:
         self,
         client: UpstreamClient,
         upstream: Upstream,
-        response: httpx.Response,
+        response: aiohttp.ClientResponse,
         events: _SSEEvents,
         first: str,
         *,
@@ -238,7 +257,7 @@ class UpstreamStream:
         client_wants_usage: bool,
     ) -> None:
         self.upstream = upstream.name
-        self.status = response.status_code
+        self.status = response.status
         self.client_wants_usage = client_wants_usage
         self.usage: dict[str, Any] | None = None
         self.attempt: Attempt | None = None  # set when the stream ends
@@ -269,9 +288,9 @@ class UpstreamStream:
         try:
             async with asyncio.timeout(_remaining(self._deadline)):
                 payload = await self._events.next()
-        except (TimeoutError, httpx.TimeoutException):
+        except TimeoutError:  # the deadline, or aiohttp's read timeout (timeout_s without a byte)
             await self._broken(f"no event within {self._upstream.timeout_s:g} s or the deadline passed")
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:  # cut, reset, undecodable: some of the answer went out already
             await self._broken(f"connection failed ({type(exc).__name__})")
         except BaseException:
             await self.aclose()
@@ -315,10 +334,10 @@ class UpstreamStream:
         self._closed = True
         try:
             # closing a connection that just broke may raise again: the outcome is already known
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(aiohttp.ClientError):
                 await self._events.aclose()
-                await self._response.aclose()
         finally:
+            self._response.release()  # back to the pool when read to its end, else the connection is closed
             self._client._release_slot(self._upstream)
             # the trial (if any) was settled when the first event arrived
             self.attempt = self._client._account(self._upstream, False, self._start, outcome, verdict)
@@ -340,25 +359,29 @@ class UpstreamStream:
 
 # --- the client --------------------------------------------------------------------------------------------------
 class UpstreamClient:
-    """Calls upstreams over one shared, pooled :class:`httpx.AsyncClient` (create it inside the event loop that uses
-    it; :meth:`aclose` at shutdown). Per upstream name: an :class:`asyncio.Semaphore` of ``max_concurrency`` slots and
-    a :class:`CircuitBreaker` set by the file's ``circuit_breaker``."""
+    """Calls upstreams over one shared, pooled :class:`aiohttp.ClientSession`, created at the first call inside the
+    event loop that makes it (the client itself may be built outside any loop); :meth:`aclose` at shutdown. Per
+    upstream name: an :class:`asyncio.Semaphore` of ``max_concurrency`` slots and a :class:`CircuitBreaker` set by
+    the file's ``circuit_breaker``."""
 
     def __init__(self, config: UpstreamsConfig, *, on_attempt: Callable[[Attempt], None] | None = None) -> None:
         self._config = config
         self._on_attempt = on_attempt
-        total = max(1, min(config.total_concurrency, MAX_POOL_CONNECTIONS))
         # the pool never binds before the per-upstream caps do
-        self._http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=total, max_keepalive_connections=total),
-            follow_redirects=False,
-        )
+        self._pool_size = max(1, min(config.total_concurrency, MAX_POOL_CONNECTIONS))
+        self._http: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._ssl: ssl.SSLContext | None = None
+        self._targets: dict[Upstream, _Target] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._in_flight: dict[str, int] = {}
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        self._closed = True
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.close()
 
     async def __aenter__(self) -> UpstreamClient:
         return self
@@ -392,7 +415,7 @@ class UpstreamClient:
         payload = _forward_body(body, upstream.model, stream=False)
         start = time.monotonic()
         trial = self._admit(upstream, start)
-        response: httpx.Response | None = None
+        response: aiohttp.ClientResponse | None = None
         try:
             await self._acquire_slot(upstream, deadline)
             try:
@@ -400,17 +423,16 @@ class UpstreamClient:
                 try:
                     async with asyncio.timeout(budget):
                         response = await self._send(upstream, payload)
-                        status = response.status_code
+                        status = response.status
                         limit = MAX_RESPONSE_BYTES if 200 <= status < 300 else MAX_ERROR_BODY_BYTES
                         content = await _read_capped(response, limit)
-                except (TimeoutError, httpx.TimeoutException) as exc:
+                except TimeoutError as exc:  # the budget, or aiohttp's connect / read timeouts
                     raise _timeout(upstream, exc, by_deadline) from None
-                except httpx.HTTPError as exc:
+                except aiohttp.ClientError as exc:
                     raise _transport_error(upstream, exc) from None
                 finally:
                     if response is not None:
-                        with contextlib.suppress(httpx.HTTPError):
-                            await response.aclose()
+                        response.release()  # back to the pool when read to its end, else the connection is closed
             finally:
                 self._release_slot(upstream)
             if content is None and 200 <= status < 300:
@@ -436,7 +458,7 @@ class UpstreamClient:
         payload = _forward_body(body, upstream.model, stream=True)
         start = time.monotonic()
         trial = self._admit(upstream, start)
-        response: httpx.Response | None = None
+        response: aiohttp.ClientResponse | None = None
         events: _SSEEvents | None = None
         try:
             await self._acquire_slot(upstream, deadline)
@@ -445,29 +467,29 @@ class UpstreamClient:
                 try:
                     async with asyncio.timeout(budget):
                         response = await self._send(upstream, payload)
-                        if not 200 <= response.status_code < 300:
+                        if not 200 <= response.status < 300:
                             content = await _read_capped(response, MAX_ERROR_BODY_BYTES)
-                            _completion(upstream, response.status_code, content or b"")  # raises the HTTP error
+                            _completion(upstream, response.status, content or b"")  # raises the HTTP error
                         media = response.headers.get("content-type", "").split(";")[0].strip().lower()
                         if media != "text/event-stream":
                             raise _bad(upstream, f"answered a stream request with {media or 'no content type'}")
-                        events = _SSEEvents(response.aiter_lines())
+                        events = _SSEEvents(_text_lines(response))
                         first = await events.next()
-                except (TimeoutError, httpx.TimeoutException) as exc:
+                except TimeoutError as exc:  # the budget, or aiohttp's connect / read timeouts
                     raise _timeout(upstream, exc, by_deadline) from None
-                except httpx.HTTPError as exc:
+                except aiohttp.ClientError as exc:
                     raise _transport_error(upstream, exc) from None
                 problem = _first_chunk_problem(first)
                 if problem:
                     raise _bad(upstream, problem)
             except BaseException:
                 try:
-                    with contextlib.suppress(httpx.HTTPError):  # keep the classified error, not the close's
+                    with contextlib.suppress(aiohttp.ClientError):  # keep the classified error, not the close's
                         if events is not None:
                             await events.aclose()
-                        if response is not None:
-                            await response.aclose()
                 finally:
+                    if response is not None:
+                        response.release()
                     self._release_slot(upstream)
                 raise
         except UpstreamError as exc:
@@ -533,16 +555,58 @@ class UpstreamClient:
         self._in_flight[upstream.name] -= 1
         self._semaphores[upstream.name].release()
 
-    async def _send(self, upstream: Upstream, payload: dict[str, Any]) -> httpx.Response:
-        request = self._http.build_request(
-            "POST",
-            upstream.url,
-            json=payload,
-            headers=upstream.headers,
-            params=upstream.params or None,
-            timeout=httpx.Timeout(upstream.timeout_s, connect=upstream.connect_timeout_s),
+    async def _send(self, upstream: Upstream, payload: dict[str, Any]) -> aiohttp.ClientResponse:
+        """POST the body; returns once the status and headers are in (the body is read by the caller)."""
+        target = self._targets.get(upstream)
+        if target is None:
+            target = self._targets[upstream] = self._target(upstream)
+        # as httpx's json=: compact UTF-8, NaN / Infinity refused (ValueError) rather than sent as invalid JSON
+        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        return await self._session().post(
+            target.url,
+            data=data,
+            headers=target.headers,
+            proxy=target.proxy,
+            ssl=target.ssl,
+            timeout=target.timeout,
+            allow_redirects=False,
         )
-        return await self._http.send(request, stream=True)
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            if self._closed:
+                raise RuntimeError("the upstream client is closed (aclose() was called)")
+            # created here, inside the running loop: aiohttp binds its session and connector to it
+            connector = aiohttp.TCPConnector(limit=self._pool_size, limit_per_host=0, keepalive_timeout=KEEPALIVE_S)
+            self._http = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.CookieJar(unsafe=True),  # as httpx: cookies kept for IP-address hosts too
+                trust_env=False,  # proxies are resolved once per upstream (_target); never .netrc credentials
+            )
+        return self._http
+
+    def _target(self, upstream: Upstream) -> _Target:
+        """What every request to ``upstream`` shares, worked out once: URL with query, headers, proxy, TLS, timeouts."""
+        url = URL(upstream.url)
+        if upstream.params:
+            url = url.update_query(dict(upstream.params))
+        headers = dict(upstream.headers)
+        if not any(k.lower() == "content-type" for k in headers):  # as httpx: the configured headers win
+            headers["Content-Type"] = "application/json"
+        if url.scheme == "https":
+            if self._ssl is None:
+                self._ssl = _ssl_context()
+            tls: ssl.SSLContext | bool = self._ssl
+        else:
+            tls = True  # aiohttp's default; unused without TLS
+        timeout = aiohttp.ClientTimeout(
+            total=None,  # bounded by asyncio.timeout (complete, a stream's first event) and the deadline
+            connect=None,  # the wait for a pooled connection: the same bounds (httpx's pool timeout was timeout_s)
+            sock_connect=upstream.connect_timeout_s,
+            sock_read=upstream.timeout_s,  # the longest wait for the next bytes (httpx's read timeout)
+            ceil_threshold=math.inf,  # exact timeouts: aiohttp rounds longer ones up to whole seconds otherwise
+        )
+        return _Target(url, headers, _env_proxy(url), tls, timeout)
 
     def _account(
         self,
@@ -603,11 +667,11 @@ def _forward_body(body: Mapping[str, Any], model: str, *, stream: bool) -> dict[
     return out
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> bytes | None:
-    """The body, or None when it is longer than ``limit`` bytes (reading stops there)."""
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The (decoded) body, or None when it is longer than ``limit`` bytes (reading stops there)."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_any():
         size += len(chunk)
         if size > limit:
             return None
@@ -616,7 +680,7 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes | None:
 
 
 def _timeout(upstream: Upstream, exc: BaseException, by_deadline: bool) -> UpstreamError:
-    if isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # connect_timeout_s ran out (TCP connect + TLS handshake)
         return UpstreamConnectError(
             f"upstream {upstream.name!r}: connect timed out after {upstream.connect_timeout_s:g} s",
             upstream=upstream.name,
@@ -631,8 +695,10 @@ def _timeout(upstream: Upstream, exc: BaseException, by_deadline: bool) -> Upstr
     return error
 
 
-def _transport_error(upstream: Upstream, exc: httpx.HTTPError) -> UpstreamError:
-    if isinstance(exc, httpx.DecodingError):
+def _transport_error(upstream: Upstream, exc: aiohttp.ClientError) -> UpstreamError:
+    """An aiohttp failure before the answer is in: an undecodable body is the upstream's bad answer; anything else
+    (refused, DNS, TLS, reset, disconnected, a cut or malformed response) is a failed connection."""
+    if isinstance(exc, aiohttp.ClientPayloadError) and isinstance(exc.__cause__, ContentEncodingError):
         return _bad(upstream, "the body could not be decoded")
     return UpstreamConnectError(
         f"upstream {upstream.name!r}: connection failed ({type(exc).__name__})", upstream=upstream.name, retryable=True
@@ -724,6 +790,86 @@ def _error_body(content: bytes) -> dict[str, Any] | None:
             "code": None,
         }
     }
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The per-upstream request settings (:meth:`UpstreamClient._target`)."""
+
+    url: URL
+    headers: dict[str, str]
+    proxy: str | None
+    ssl: ssl.SSLContext | bool
+    timeout: aiohttp.ClientTimeout
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """httpx's default: the CA bundle named by ``SSL_CERT_FILE`` or ``SSL_CERT_DIR``, else certifi's."""
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    try:
+        import certifi
+    except ImportError:  # the system's store
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def _env_proxy(url: URL) -> str | None:
+    """The proxy httpx would use for ``url``: ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY`` (any case) unless
+    ``NO_PROXY`` names the host."""
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(url.host or ""):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+async def _text_lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The body as text lines without their ends, as httpx's ``aiter_lines`` gave them: the charset from the content
+    type (else UTF-8, undecodable bytes replaced), split where :meth:`str.splitlines` splits."""
+    charset = response.charset or "utf-8"
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        charset = "utf-8"
+    decoder = codecs.getincrementaldecoder(charset)(errors="replace")
+    lines = _LineSplitter()
+    async for chunk in response.content.iter_any():
+        for line in lines.feed(decoder.decode(chunk)):
+            yield line
+    for line in lines.feed(decoder.decode(b"", final=True)) + lines.flush():
+        yield line
+
+
+class _LineSplitter:
+    """:meth:`str.splitlines` over text that arrives in pieces (a line, or a CR LF pair, may span two)."""
+
+    BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines splits
+
+    def __init__(self) -> None:
+        self._buffer = ""  # the unfinished last line
+        self._trailing_cr = False  # the last piece ended in "\r": the next may start with its "\n"
+
+    def feed(self, text: str) -> list[str]:
+        if self._trailing_cr:
+            text, self._trailing_cr = "\r" + text, False
+        if text.endswith("\r"):
+            text, self._trailing_cr = text[:-1], True
+        if not text:
+            return []
+        lines = text.splitlines()
+        lines[0] = self._buffer + lines[0]
+        self._buffer = "" if text[-1] in self.BREAKS else lines.pop()
+        return lines
+
+    def flush(self) -> list[str]:
+        """The last line, when the text does not end with a line break."""
+        if not self._buffer and not self._trailing_cr:
+            return []
+        line, self._buffer, self._trailing_cr = self._buffer, "", False
+        return [line]
 
 
 class _SSEEvents:
