@@ -33,7 +33,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from fake_upstream import FakeUpstream  # noqa: E402 - the tests' fake OpenAI server
+from harness import RssSampler, percentile, run_wrk  # noqa: E402 - benchmarks/harness.py
 from service_server import ServerProcess  # noqa: E402 - the tests' real-server helper
 
 FIXTURE_BUNDLE = ROOT / "tests" / "fixtures" / "bundle_11c0253" / "bundle"
@@ -68,13 +68,6 @@ PROXIED_RPS_AT_32 = 400.0
 TTFT_ADDED_MS = 5.0
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def make_prompt(rng: random.Random, i: int) -> str:
@@ -138,25 +131,6 @@ wrk.headers["Content-Type"] = "application/json"
 {LUA_DONE}"""
 
 
-def run_wrk(url: str, script: Path, conc: int, duration: int) -> dict[str, float]:
-    cmd = ["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--latency", "--timeout", "10s", "-s", str(script), url]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    out = proc.stdout
-    nums: dict[str, float] = {}
-    for line in out.splitlines():
-        if line.startswith("TW "):
-            toks = line.split()[1:]
-            for k, v in zip(toks[::2], toks[1::2], strict=True):
-                nums[k] = float(v)
-        elif "Non-2xx or 3xx responses:" in line:
-            nums["non2xx"] = float(line.rsplit(":", 1)[1])
-    if proc.returncode != 0 or "requests" not in nums:
-        raise RuntimeError(f"wrk failed ({proc.returncode}) on {url}:\n{out}\n{proc.stderr}")
-    nums["rps"] = nums["requests"] / (nums["duration_us"] / 1e6)
-    nums["socket_errors"] = sum(nums[k] for k in ("connect", "read", "write", "timeout"))
-    # wrk's own status count and the script's agree; take the larger in case one of them missed something
-    nums["http_errors"] = max(nums["bad"], nums["status"], nums.get("non2xx", 0.0))
-    return nums
 
 
 # --- the servers ---------------------------------------------------------------------------------------------------
@@ -207,21 +181,6 @@ class Server(ServerProcess):
         )
 
 
-class RssSampler(threading.Thread):
-    def __init__(self, server: Server) -> None:
-        super().__init__(daemon=True)
-        self.server = server
-        self.peak = 0
-        self.stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                for p in self.server.processes():
-                    self.peak = max(self.peak, p.memory_info().rss)
-            except Exception:  # noqa: BLE001 - a process gone between listing and reading it
-                pass
-            self.stop_event.wait(0.2)
 
 
 def cpu_seconds(procs: list[Any]) -> float:

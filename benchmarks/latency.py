@@ -28,13 +28,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+from harness import RssSampler, percentile, run_wrk  # noqa: E402 - benchmarks/harness.py
 from service_server import ServerProcess  # noqa: E402 - the tests' real-server helper
 
 WORDS = (
@@ -52,11 +52,6 @@ def make_prompt(rng: random.Random, i: int, n_words: int) -> str:
     return f"Request {i}: " + " ".join(rng.choice(WORDS) for _ in range(n_words)) + "?"
 
 
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def lua_script(n_words: int, seed: int) -> str:
@@ -155,37 +150,8 @@ class Server(ServerProcess):
 
 
 
-class RssSampler(threading.Thread):
-    def __init__(self, server: Server) -> None:
-        super().__init__(daemon=True)
-        self.server = server
-        self.peak = 0
-        self.stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                for p in self.server.processes():
-                    self.peak = max(self.peak, p.memory_info().rss)
-            except Exception:  # noqa: BLE001 - process gone
-                pass
-            self.stop_event.wait(0.2)
 
 
-def run_wrk(url: str, script: Path, conc: int, duration: int) -> dict[str, float]:
-    cmd = ["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--latency", "--timeout", "10s", "-s", str(script), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    nums = {}
-    for line in out.splitlines():
-        if line.startswith("TW "):
-            toks = line.split()[1:]
-            for k, v in zip(toks[::2], toks[1::2], strict=True):
-                nums[k] = float(v)
-    if "requests" not in nums:
-        raise RuntimeError(f"could not parse wrk output:\n{out}")
-    nums["rps"] = nums["requests"] / (nums["duration_us"] / 1e6)
-    nums["errors"] = sum(nums[k] for k in ("connect", "read", "write", "status", "timeout"))
-    return nums
 
 
 def main() -> None:

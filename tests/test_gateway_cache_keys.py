@@ -90,13 +90,16 @@ def sdk(srv: ServerProcess, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{srv.url}/v1", api_key=key, max_retries=0, timeout=30)
 
 
-def test_keys_are_required(replicas: tuple[ServerProcess, ServerProcess]) -> None:
+def test_keys_are_required(replicas: tuple[ServerProcess, ServerProcess], keys: dict[str, str]) -> None:
     a, _ = replicas
     with pytest.raises(openai.AuthenticationError) as info:
         sdk(a, "tw-not-a-key").chat.completions.create(model="tierwise", messages=Q)
     assert info.value.status_code == 401 and info.value.response.headers["www-authenticate"] == "Bearer"
     r = httpx.post(f"{a.url}/v1/chat/completions", json={"model": "tierwise", "messages": Q})  # no key at all
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        sdk(a, "tw-not-a-key").models.list()
+    assert "tierwise" in [m.id for m in sdk(a, keys[ACME]).models.list()]
 
 
 def test_exact_cache_across_replicas_and_tenants(

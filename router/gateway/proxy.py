@@ -176,7 +176,8 @@ class Gateway:
             await self.ledger.aclose()
 
     # --- client keys and budgets ---------------------------------------------------------------------------
-    def _authenticate(self, headers: Mapping[str, str]) -> Tenant | None:
+    def authenticate(self, headers: Mapping[str, str]) -> Tenant | None:
+        """The client key's tenant (None without client keys configured); 401 for a missing or unknown key."""
         if self.keys is None:
             return None
         tenant = self.keys.authenticate(headers.get("authorization"))
@@ -229,7 +230,7 @@ class Gateway:
     # --- /v1/chat/completions ------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, headers: Mapping[str, str]) -> Response:
         t0 = time.perf_counter()
-        tenant = self._authenticate(headers)
+        tenant = self.authenticate(headers)
         opts = self._options(req, headers)
         m = self.service._get_model()
         choice = self._choice(m, req)

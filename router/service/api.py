@@ -251,9 +251,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return await service.gateway.chat(body, request.headers)
 
     @app.get("/v1/models", response_model=ModelList, tags=["openai"], summary="Models the gateway accepts")
-    async def list_models() -> ModelList:
-        """The virtual tierwise models (routed) and the catalog's models (pass-through)."""
+    async def list_models(request: Request) -> ModelList:
+        """The virtual tierwise models (routed) and the catalog's models (pass-through); with client keys
+        configured, only for a known key (as OpenAI's endpoint)."""
         gateway = service.gateway
+        if gateway is not None:
+            gateway.authenticate(request.headers)
         return model_list(service._get_model(), 0 if gateway is None else int(gateway.started_at))
 
     @app.post(

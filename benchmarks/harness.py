@@ -1,0 +1,67 @@
+"""What the HTTP benchmarks share: percentiles, wrk runs (with a Lua script that prints a ``TW ...`` summary line),
+and the peak RSS of the server's processes."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class _HasProcesses(Protocol):
+    def processes(self) -> list[Any]: ...
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100, linear interpolation); NaN for no values."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def run_wrk(url: str, script: Path, conc: int, duration: int) -> dict[str, float]:
+    """One ``wrk -t1`` run: the numbers of the script's ``TW key value ...`` line, plus ``rps``, ``socket_errors``
+    (connect, read, write, timeout), ``http_errors`` (status >= 400 as the script and wrk count them) and
+    ``errors`` (both)."""
+    cmd = ["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--latency", "--timeout", "10s", "-s", str(script), url]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    out = proc.stdout
+    nums: dict[str, float] = {}
+    for line in out.splitlines():
+        if line.startswith("TW "):
+            toks = line.split()[1:]
+            for k, v in zip(toks[::2], toks[1::2], strict=True):
+                nums[k] = float(v)
+        elif "Non-2xx or 3xx responses:" in line:
+            nums["non2xx"] = float(line.rsplit(":", 1)[1])
+    if proc.returncode != 0 or "requests" not in nums:
+        raise RuntimeError(f"wrk failed ({proc.returncode}) on {url}:\n{out}\n{proc.stderr}")
+    nums["rps"] = nums["requests"] / (nums["duration_us"] / 1e6)
+    nums["socket_errors"] = sum(nums.get(k, 0.0) for k in ("connect", "read", "write", "timeout"))
+    # wrk's own status count and the script's agree; take the larger in case one of them missed something
+    nums["http_errors"] = max(nums.get("bad", 0.0), nums.get("status", 0.0), nums.get("non2xx", 0.0))
+    nums["errors"] = nums["socket_errors"] + nums["http_errors"]
+    return nums
+
+
+class RssSampler(threading.Thread):
+    """Samples the server's processes' RSS every 0.2 s; ``peak`` holds the largest seen."""
+
+    def __init__(self, server: _HasProcesses) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.peak = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                for p in self.server.processes():
+                    self.peak = max(self.peak, p.memory_info().rss)
+            except Exception:  # noqa: BLE001 - a process gone between listing and reading it
+                pass
+            self.stop_event.wait(0.2)
