@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -51,8 +51,29 @@ from router.service.errors import ApiError
 from router.service.schemas import ChatMessage, RequestMetadata, RouteRequest
 
 if TYPE_CHECKING:  # pragma: no cover
-    from router.service.handlers import Service
+    from router.service.decision_log import DecisionLog
+    from router.service.metrics import ServiceMetrics
     from router.service.model_manager import LoadedModel
+    from router.service.schemas import Role, RouteResponse
+    from router.service.settings import ServiceSettings
+
+
+class Service(Protocol):
+    """What the gateway uses of the routing service (``router.service.handlers.Service``), which creates it."""
+
+    settings: ServiceSettings
+    metrics: ServiceMetrics
+    dlog: DecisionLog | None
+
+    def current_model(self) -> LoadedModel: ...
+
+    def record_pass_through(
+        self, m: LoadedModel, tier_index: int, messages: list[ChatMessage], role: Role, metadata: RequestMetadata | None
+    ) -> str: ...
+
+    async def route_with_embedding(
+        self, req: RouteRequest, endpoint: str = ...
+    ) -> tuple[RouteResponse, dict[str, str], np.ndarray | None]: ...
 
 log = logging.getLogger("tierwise.gateway")
 
@@ -156,7 +177,7 @@ class Gateway:
         if problems:
             raise UpstreamsError("; ".join(problems))
         gateway = cls(service, config)
-        for warning in gateway.check_catalog(service._get_model()):
+        for warning in gateway.check_catalog(service.current_model()):
             log.warning("%s", warning)
         return gateway
 
@@ -232,7 +253,7 @@ class Gateway:
         t0 = time.perf_counter()
         tenant = self.authenticate(headers)
         opts = self._options(req, headers)
-        m = self.service._get_model()
+        m = self.service.current_model()
         choice = self._choice(m, req)
         if tenant is not None:
             opts = self._limit(m, opts, tenant, choice)

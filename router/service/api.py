@@ -257,7 +257,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         gateway = service.gateway
         if gateway is not None:
             gateway.authenticate(request.headers)
-        return model_list(service._get_model(), 0 if gateway is None else int(gateway.started_at))
+        return model_list(service.current_model(), 0 if gateway is None else int(gateway.started_at))
 
     @app.post(
         "/admin/cache/purge",

@@ -96,6 +96,10 @@ class Service:
         assert self.model is not None
         return self.model
 
+    def current_model(self) -> LoadedModel:
+        """The model serving now (a reload swaps it between requests)."""
+        return self._get_model()
+
     # --- lifecycle ---------------------------------------------------------------------------------------------
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
