@@ -386,16 +386,21 @@ async def test_size_caps(prefix: str, redis_sync: redis.Redis) -> None:
     assert present == [True, False, True, True]  # the least recently used went
     assert by_entries.stats()["l1_entries"] == 3
 
-    probe = make_cache()
-    assert await probe.put(keys[0], None, completion(), meta=META)
-    one = probe.stats()["l1_bytes"]  # what one entry counts
-    cap = 2 * one + one // 2  # room for two entries, not three
-    by_bytes = make_cache(l1_bytes=cap)
-    for k in keys[:3]:
-        assert await by_bytes.put(k, None, completion(), meta=META)
-    assert [await by_bytes.get(k, None) is not None for k in keys[:3]] == [False, True, True]
-    assert by_bytes.stats()["l1_entries"] == 2 and by_bytes.stats()["l1_bytes"] <= cap
-    assert await make_cache(l1_bytes=one - 1).put(keys[0], None, completion(), meta=META) is False  # never fits
+    # an entry records when it was stored, and the clock's digits change its size by a byte or two: a fixed clock
+    # makes every entry the same size, so the caps below sit exactly on entry boundaries
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("router.gateway.cache.time.time", lambda: 1_800_000_000.25)
+        probe = make_cache()
+        assert await probe.put(keys[0], None, completion(), meta=META)
+        one = probe.stats()["l1_bytes"]  # what one entry counts
+        cap = 2 * one + one // 2  # room for two entries, not three
+        by_bytes = make_cache(l1_bytes=cap)
+        for k in keys[:3]:
+            assert await by_bytes.put(k, None, completion(), meta=META)
+        assert [await by_bytes.get(k, None) is not None for k in keys[:3]] == [False, True, True]
+        assert by_bytes.stats()["l1_entries"] == 2 and by_bytes.stats()["l1_bytes"] <= cap
+        assert await make_cache(l1_bytes=one - 1).put(keys[0], None, completion(), meta=META) is False  # never fits
+        assert await make_cache(l1_bytes=one).put(keys[0], None, completion(), meta=META) is True  # just fits
 
     capped = make_cache(prefix, max_entry_bytes=4000)
     assert await capped.put(keys[4], None, completion("x" * 2000), meta=META)
