@@ -45,19 +45,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from fake_upstream import FakeUpstream  # noqa: E402 - the tests' fake OpenAI server
-from harness import RssSampler, percentile, run_wrk  # noqa: E402 - benchmarks/harness.py
+from harness import LUA_DONE, RssSampler, lua_distinct, make_prompt, percentile, run_wrk  # noqa: E402 - benchmarks/harness.py
 from service_server import ServerProcess  # noqa: E402 - the tests' real-server helper
 
 FIXTURE_BUNDLE = ROOT / "tests" / "fixtures" / "bundle_11c0253" / "bundle"
 ANSWER = "Sure: here is a short fixed answer."
 PASS_MODEL = "demo-small"  # the pass-through scenario's model (must be in the served catalog)
-WORDS = (
-    "the customer asked whether our quarterly revenue report could include a breakdown by region and product line "
-    "please write python code that parses the invoice table computes totals per month and flags any duplicate "
-    "entries before the deadline explain why the database query is slow when the index on created at is missing "
-    "summarise this meeting about hiring budget roadmap risks and the migration of the billing service to the new "
-    "cluster translate the following paragraph into german keeping the tone formal and the numbers unchanged"
-).split()
 N_WORDS = 22  # ~30 tokens with the prefix, as benchmarks/latency.py's short prompts
 CACHED_PROMPT = "Request cached: what is the capital of France and why did it become the capital?"
 
@@ -68,57 +61,16 @@ PROXIED_RPS_AT_32 = 400.0
 TTFT_ADDED_MS = 5.0
 
 
-
-
-def make_prompt(rng: random.Random, i: int) -> str:
-    return f"Request {i}: " + " ".join(rng.choice(WORDS) for _ in range(N_WORDS)) + "?"
-
-
 def chat_body(model: str, prompt: str, **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": prompt}], **extra}
 
 
 # --- wrk -----------------------------------------------------------------------------------------------------------
-# Every script counts responses with status >= 400 in the thread (`bad`) and prints one parseable summary line.
-LUA_DONE = r"""
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-bad = 0
-response = function(status, headers, body)
-  if status >= 400 then bad = bad + 1 end
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  local b = 0
-  for _, t in ipairs(threads) do b = b + t:get("bad") end
-  io.write(string.format("TW requests %d duration_us %d bad %d\n", summary.requests, summary.duration, b))
-  io.write(string.format("TW p50 %d p95 %d p99 %d max %d\n", latency:percentile(50), latency:percentile(95),
-    latency:percentile(99), latency.max))
-  io.write(string.format("TW connect %d read %d write %d status %d timeout %d\n", e.connect, e.read, e.write,
-    e.status, e.timeout))
-end
-"""
-
-
-def lua_distinct(kind: str, seed: int) -> str:
-    """A script whose every request body is new: a counter plus random words (``kind``: route, or a chat model)."""
-    words = ", ".join(f'"{w}"' for w in WORDS)
-    if kind == "route":
-        head, tail = '{"prompt":"', '"}'
-    else:
-        head, tail = '{"model":"' + kind + '","messages":[{"role":"user","content":"', '"}]}'
-    return f"""
-local words = {{{words}}}
-local counter = 0
-math.randomseed({seed})
-request = function()
-  counter = counter + 1
-  local t = {{}}
-  for i = 1, {N_WORDS} do t[i] = words[math.random(#words)] end
-  local body = '{head}Request ' .. counter .. ': ' .. table.concat(t, ' ') .. '?{tail}'
-  return wrk.format("POST", nil, {{["Content-Type"] = "application/json"}}, body)
-end
-{LUA_DONE}"""
+def lua_chat(model: str, seed: int) -> str:
+    """Distinct bodies for ``POST /v1/route`` (``model`` "route") or a chat completion with ``model``."""
+    if model == "route":
+        return lua_distinct('{"prompt":"', '"}', N_WORDS, seed)
+    return lua_distinct('{"model":"' + model + '","messages":[{"role":"user","content":"', '"}]}', N_WORDS, seed)
 
 
 def lua_fixed(body: dict[str, Any]) -> str:
@@ -348,10 +300,10 @@ def measure(
     cached_body = chat_body("tierwise", CACHED_PROMPT, temperature=0)
     scripts_dir = Path(tempfile.mkdtemp(prefix="lua-", dir=server.log_path.parent))
     scripts = {
-        "direct": lua_distinct(PASS_MODEL, 1),
-        "route": lua_distinct("route", 2),
-        "gateway pass-through": lua_distinct(PASS_MODEL, 3),
-        "gateway routed": lua_distinct("tierwise", 4),
+        "direct": lua_chat(PASS_MODEL, 1),
+        "route": lua_chat("route", 2),
+        "gateway pass-through": lua_chat(PASS_MODEL, 3),
+        "gateway routed": lua_chat("tierwise", 4),
         "cache hit": lua_fixed(cached_body),
     }
     urls = {"direct": direct_url, "route": route_url, "cache hit": chat_url}
@@ -363,8 +315,8 @@ def measure(
     rng = random.Random(11)
     with httpx.Client(timeout=30) as c:
         # correctness first: each scenario answers 200 and the cached body is a hit from the second time on
-        check(c.post(route_url, json={"prompt": make_prompt(rng, -1)}), "route")
-        r = check(c.post(chat_url, json=chat_body(PASS_MODEL, make_prompt(rng, -2))), "pass-through")
+        check(c.post(route_url, json={"prompt": make_prompt(rng, -1, N_WORDS)}), "route")
+        r = check(c.post(chat_url, json=chat_body(PASS_MODEL, make_prompt(rng, -2, N_WORDS))), "pass-through")
         if (
             r.headers.get("x-tierwise-cache") not in ("bypass", "miss", "off")
             or r.json()["choices"][0]["message"]["content"] != ANSWER
@@ -413,7 +365,7 @@ def measure(
 
         def gateway_step(model: str) -> Callable[[int], tuple[float, float, str]]:
             def step(i: int) -> tuple[float, float, str]:
-                ms, r = timed_post(c, chat_url, chat_body(model, make_prompt(rng, i)), model)
+                ms, r = timed_post(c, chat_url, chat_body(model, make_prompt(rng, i, N_WORDS)), model)
                 request_ids.setdefault(model, []).append(r.headers["x-tierwise-request-id"])
                 return ms, float(r.headers["x-tierwise-overhead-ms"]), r.headers.get("x-tierwise-cache", "")
 
@@ -424,10 +376,10 @@ def measure(
             return ms, float(r.headers["x-tierwise-overhead-ms"]), r.headers.get("x-tierwise-cache", "")
 
         def direct_step(i: int) -> tuple[float, float, str]:
-            return timed_post(c, direct_url, chat_body(PASS_MODEL, make_prompt(rng, i)), "direct")[0], 0.0, ""
+            return timed_post(c, direct_url, chat_body(PASS_MODEL, make_prompt(rng, i, N_WORDS)), "direct")[0], 0.0, ""
 
         def route_step(i: int) -> tuple[float, float, str]:
-            ms, r = timed_post(c, route_url, {"prompt": make_prompt(rng, i)}, "route")
+            ms, r = timed_post(c, route_url, {"prompt": make_prompt(rng, i, N_WORDS)}, "route")
             return ms, float(r.headers["x-tierwise-latency-ms"]), ""
 
         seq = interleaved(
@@ -446,7 +398,7 @@ def measure(
 
         def stream_step(url: str, model: str) -> Callable[[int], float]:
             def step(i: int) -> float:
-                return ttft(c, url, chat_body(model, make_prompt(rng, i), stream=True), f"stream {model}")
+                return ttft(c, url, chat_body(model, make_prompt(rng, i, N_WORDS), stream=True), f"stream {model}")
 
             return step
 

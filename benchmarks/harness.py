@@ -1,12 +1,63 @@
-"""What the HTTP benchmarks share: percentiles, wrk runs (with a Lua script that prints a ``TW ...`` summary line),
-and the peak RSS of the server's processes."""
+"""What the HTTP benchmarks share: prompts, wrk scripts and runs (every script prints ``TW ...`` summary lines),
+percentiles, and the peak RSS of the server's processes."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any, Protocol
+
+WORDS = (
+    "the customer asked whether our quarterly revenue report could include a breakdown by region and product line "
+    "please write python code that parses the invoice table computes totals per month and flags any duplicate "
+    "entries before the deadline explain why the database query is slow when the index on created at is missing "
+    "summarise this meeting about hiring budget roadmap risks and the migration of the billing service to the new "
+    "cluster translate the following paragraph into german keeping the tone formal and the numbers unchanged"
+).split()
+# Every script counts responses with status >= 400 in the thread (`bad`) and prints one parseable summary line.
+LUA_DONE = r"""
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+bad = 0
+response = function(status, headers, body)
+  if status >= 400 then bad = bad + 1 end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  local b = 0
+  for _, t in ipairs(threads) do b = b + t:get("bad") end
+  io.write(string.format("TW requests %d duration_us %d bad %d\n", summary.requests, summary.duration, b))
+  io.write(string.format("TW p50 %d p95 %d p99 %d max %d\n", latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max))
+  io.write(string.format("TW connect %d read %d write %d status %d timeout %d\n", e.connect, e.read, e.write,
+    e.status, e.timeout))
+end
+"""
+
+
+def lua_distinct(head: str, tail: str, n_words: int, seed: int) -> str:
+    """A wrk script whose every request body is new: ``head`` + a counter and ``n_words`` random :data:`WORDS` +
+    ``tail`` (e.g. ``'{"prompt":"'`` and ``'"}'``), then :data:`LUA_DONE`."""
+    words = ", ".join(f'"{w}"' for w in WORDS)
+    return f"""
+local words = {{{words}}}
+local counter = 0
+math.randomseed({seed})
+request = function()
+  counter = counter + 1
+  local t = {{}}
+  for i = 1, {n_words} do t[i] = words[math.random(#words)] end
+  local body = '{head}Request ' .. counter .. ': ' .. table.concat(t, ' ') .. '?{tail}'
+  return wrk.format("POST", nil, {{["Content-Type"] = "application/json"}}, body)
+end
+{LUA_DONE}"""
+
+
+def make_prompt(rng: random.Random, i: int, n_words: int) -> str:
+    """The Python twin of :func:`lua_distinct`'s prompts."""
+    return f"Request {i}: " + " ".join(rng.choice(WORDS) for _ in range(n_words)) + "?"
 
 
 class _HasProcesses(Protocol):

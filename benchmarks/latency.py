@@ -34,48 +34,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from harness import RssSampler, percentile, run_wrk  # noqa: E402 - benchmarks/harness.py
+from harness import RssSampler, lua_distinct, make_prompt, percentile, run_wrk  # noqa: E402 - benchmarks/harness.py
 from service_server import ServerProcess  # noqa: E402 - the tests' real-server helper
 
-WORDS = (
-    "the customer asked whether our quarterly revenue report could include a breakdown by region and product line "
-    "please write python code that parses the invoice table computes totals per month and flags any duplicate "
-    "entries before the deadline explain why the database query is slow when the index on created at is missing "
-    "summarise this meeting about hiring budget roadmap risks and the migration of the billing service to the new "
-    "cluster translate the following paragraph into german keeping the tone formal and the numbers unchanged"
-).split()
 SHORT_WORDS = 22  # ~30 tokens with the prefix
 LONG_WORDS = 360  # ~400 tokens
 
 
-def make_prompt(rng: random.Random, i: int, n_words: int) -> str:
-    return f"Request {i}: " + " ".join(rng.choice(WORDS) for _ in range(n_words)) + "?"
-
-
-
-
 def lua_script(n_words: int, seed: int) -> str:
-    words = ", ".join(f'"{w}"' for w in WORDS)
-    return f"""
-local words = {{{words}}}
-local counter = 0
-math.randomseed({seed})
-request = function()
-  counter = counter + 1
-  local t = {{}}
-  for i = 1, {n_words} do t[i] = words[math.random(#words)] end
-  local body = '{{"prompt":"Request ' .. counter .. ': ' .. table.concat(t, ' ') .. '?"}}'
-  return wrk.format("POST", nil, {{["Content-Type"] = "application/json"}}, body)
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("TW requests %d duration_us %d\\n", summary.requests, summary.duration))
-  io.write(string.format("TW p50 %d p95 %d p99 %d max %d\\n", latency:percentile(50), latency:percentile(95),
-    latency:percentile(99), latency.max))
-  io.write(string.format("TW connect %d read %d write %d status %d timeout %d\\n", e.connect, e.read,
-    e.write, e.status, e.timeout))
-end
-"""
+    return lua_distinct('{"prompt":"', '"}', n_words, seed)
 
 
 def train_default_model(store: str) -> str:

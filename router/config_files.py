@@ -12,9 +12,10 @@ import json
 import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from router.numbers import number_message, whole_number
 
@@ -44,6 +45,18 @@ def describe_error(error: Mapping[str, Any]) -> str:
     msg = number_message(error) or msg
     shown = f" (got {got!r})" if isinstance(got, bool | int | float) and kind != "string_type" else ""
     return f"{where}: {msg}{shown}" if where else msg
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_config(model: type[M], data: object, source: str, error: type[ValueError]) -> M:
+    """``data`` as ``model``; ``error`` naming ``source`` and every field at fault (:func:`describe_error`)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(describe_error(e) for e in exc.errors())
+        raise error(f"{source}: {problems}") from None
 
 
 def read_config_file(path: str | os.PathLike[str], error: type[ValueError], *, what: str, empty: str) -> Any:

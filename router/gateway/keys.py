@@ -33,10 +33,10 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from router.atomic_io import write_text_atomic
-from router.config_files import describe_error, read_config_file, yaml_number
+from router.config_files import read_config_file, validate_config, yaml_number
 from router.numbers import Number
 
 CLIENT_KEYS_ENV = "TIERWISE_CLIENT_KEYS"
@@ -280,11 +280,7 @@ def validate_keys_file(data: object, source: str = "<client keys>") -> KeysFile:
             f"{source}: {', '.join(plaintext)}: a plaintext key is refused in the client keys file; store only its "
             "SHA-256 as sha256: (router.gateway.keys.hash_key, or add_key which writes it for you)"
         )
-    try:
-        return KeysFile.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(describe_error(e) for e in exc.errors())
-        raise KeysError(f"{source}: {problems}") from None
+    return validate_config(KeysFile, data, source, KeysError)
 
 
 def _read(path: str | os.PathLike[str]) -> KeysFile:

@@ -13,7 +13,6 @@ Syntax (one, listed by ``GET /v1/models``):
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -56,7 +55,7 @@ def parse_model(name: str, tiers: list[str], models: list[str]) -> ModelChoice:
             if not 0.0 <= value <= 1.0:
                 raise ModelNameError(f"model {name!r}: the threshold after 't' must be in [0, 1]")
             return ModelChoice(name, threshold=value)
-        if not 0.0 < value <= 1.5 or not math.isfinite(value):
+        if not 0.0 < value <= 1.5:  # an overlong number string reads as inf: refused here too
             raise ModelNameError(f"model {name!r}: the quality target after 'q' must be in (0, 1.5]")
         return ModelChoice(name, quality_target=value)
     if name in models:

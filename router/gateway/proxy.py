@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import numpy as np
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -47,7 +47,7 @@ from router.gateway.schemas import ChatCompletionRequest, GatewayOptions, ModelC
 from router.gateway.upstream_client import Attempt, UpstreamClient, UpstreamError, UpstreamStream
 from router.gateway.upstreams import Upstream, UpstreamsConfig, UpstreamsError, load_upstreams
 from router.pricing import request_input_tokens, tier_output_tokens, usage_cost
-from router.service.errors import ApiError
+from router.service.errors import ApiError, error_body
 from router.service.schemas import ChatMessage, RequestMetadata, RouteRequest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,6 +75,7 @@ class Service(Protocol):
         self, req: RouteRequest, endpoint: str = ...
     ) -> tuple[RouteResponse, dict[str, str], np.ndarray | None]: ...
 
+
 log = logging.getLogger("tierwise.gateway")
 
 OPTION_HEADERS = {  # x-tierwise-* request headers -> GatewayOptions fields (the body's `tierwise` object wins)
@@ -84,18 +85,6 @@ OPTION_HEADERS = {  # x-tierwise-* request headers -> GatewayOptions fields (the
     "x-tierwise-task": "task",
     "x-tierwise-tenant": "tenant",
 }
-
-
-def openai_error(
-    status: int,
-    message: str,
-    type_: str,
-    param: str | None = None,
-    code: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> ApiError:
-    """An :class:`ApiError` whose body is OpenAI's error object (``message``, ``type``, ``param``, ``code``)."""
-    return ApiError(status, type_, message, param, code, headers)
 
 
 @dataclass
@@ -165,8 +154,11 @@ class Gateway:
         if self.keys is not None and any(t.has_budget for t in self.keys.tenants.values()):
             url = s.budget_url or s.cache_url
             if url is None and s.workers > 1:
-                log.warning("budgets are counted per worker without TIERWISE_BUDGET_URL (Redis): each of the %d "
-                            "workers lets a tenant spend its whole budget", s.workers)
+                log.warning(
+                    "budgets are counted per worker without TIERWISE_BUDGET_URL (Redis): each of the %d "
+                    "workers lets a tenant spend its whole budget",
+                    s.workers,
+                )
             self.ledger = BudgetLedger(url)
 
     @classmethod
@@ -203,9 +195,12 @@ class Gateway:
             return None
         tenant = self.keys.authenticate(headers.get("authorization"))
         if tenant is None:
-            raise openai_error(
-                401, "missing or unknown API key: send Authorization: Bearer <your tierwise client key>",
-                "invalid_request_error", None, "invalid_api_key", {"WWW-Authenticate": "Bearer"},
+            raise ApiError(
+                401,
+                "invalid_request_error",
+                "missing or unknown API key: send Authorization: Bearer <your tierwise client key>",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
             )
         return tenant
 
@@ -229,14 +224,20 @@ class Gateway:
         try:
             out.reservation = await self.ledger.reserve(out.tenant, self._estimate_usd(out))
         except BudgetExceeded as exc:
-            raise openai_error(
-                429, str(exc), "insufficient_quota", None, "budget_exceeded",
-                {"Retry-After": str(int(exc.retry_after_s))},
+            raise ApiError(
+                429,
+                "insufficient_quota",
+                str(exc),
+                code="budget_exceeded",
+                headers={"Retry-After": str(int(exc.retry_after_s))},
             ) from None
         except BudgetUnavailable as exc:
-            raise openai_error(
-                503, str(exc), "service_unavailable", None, "budget_unavailable",
-                {"Retry-After": str(int(exc.retry_after_s))},
+            raise ApiError(
+                503,
+                "service_unavailable",
+                str(exc),
+                code="budget_unavailable",
+                headers={"Retry-After": str(int(exc.retry_after_s))},
             ) from None
 
     def _release(self, out: _Call) -> None:
@@ -324,7 +325,7 @@ class Gateway:
             return GatewayOptions.model_validate(values)
         except ValueError as exc:
             message = f"invalid x-tierwise-* header: {_first_error(exc)}"
-            raise openai_error(400, message, "invalid_request_error", "tierwise") from None
+            raise ApiError(400, "invalid_request_error", message, "tierwise") from None
 
     @staticmethod
     def _limit(m: LoadedModel, opts: GatewayOptions, tenant: Tenant, choice: ModelChoice) -> GatewayOptions:
@@ -333,16 +334,23 @@ class Gateway:
         try:
             max_tier = cap_tier(tenant, opts.max_tier, cat.index)
         except KeyError:
-            raise openai_error(
-                400, f"unknown tier {opts.max_tier!r}; tiers are {', '.join(cat.tier_names)}",
-                "invalid_request_error", "max_tier",
+            raise ApiError(
+                400,
+                "invalid_request_error",
+                f"unknown tier {opts.max_tier!r}; tiers are {', '.join(cat.tier_names)}",
+                "max_tier",
             ) from None
-        if not choice.routed and tenant.max_tier is not None and cat.index(str(choice.tier)) > cat.index(
-            tenant.max_tier
+        if (
+            not choice.routed
+            and tenant.max_tier is not None
+            and cat.index(str(choice.tier)) > cat.index(tenant.max_tier)
         ):
-            raise openai_error(
-                403, f"model {choice.name!r} is above the tiers your key may use (up to {tenant.max_tier})",
-                "permission_denied", "model", "tier_not_allowed",
+            raise ApiError(
+                403,
+                "permission_denied",
+                f"model {choice.name!r} is above the tiers your key may use (up to {tenant.max_tier})",
+                "model",
+                code="tier_not_allowed",
             )
         return opts.model_copy(update={"tenant": tenant.name, "max_tier": max_tier})
 
@@ -353,8 +361,8 @@ class Gateway:
             return parse_model(req.model, cat.tier_names, [t.model for t in cat.tiers])
         except ModelNameError as exc:
             if exc.not_found:
-                raise openai_error(404, str(exc), "invalid_request_error", "model", "model_not_found") from None
-            raise openai_error(400, str(exc), "invalid_request_error", "model") from None
+                raise ApiError(404, "invalid_request_error", str(exc), "model", code="model_not_found") from None
+            raise ApiError(400, "invalid_request_error", str(exc), "model") from None
 
     async def _plan(
         self, m: LoadedModel, req: ChatCompletionRequest, opts: GatewayOptions, choice: ModelChoice
@@ -369,17 +377,22 @@ class Gateway:
             return _Plan(choice, [t], request_id)
         try:
             route_req = RouteRequest(
-                messages=messages, role=opts.role, threshold=choice.threshold, quality_target=choice.quality_target,
-                min_tier=opts.min_tier, max_tier=opts.max_tier, metadata=metadata,
+                messages=messages,
+                role=opts.role,
+                threshold=choice.threshold,
+                quality_target=choice.quality_target,
+                min_tier=opts.min_tier,
+                max_tier=opts.max_tier,
+                metadata=metadata,
             )
         except ValueError as exc:  # e.g. no user turn to route on
-            raise openai_error(400, _first_error(exc), "invalid_request_error", "messages") from None
+            raise ApiError(400, "invalid_request_error", _first_error(exc), "messages") from None
         try:
             decision, headers, embedding = await self.service.route_with_embedding(
                 route_req, endpoint="/v1/chat/completions"
             )
         except ApiError as exc:  # a knob or tier bound the served model cannot use: the request is wrong
-            raise openai_error(400, exc.message, "invalid_request_error", exc.field) from None
+            raise ApiError(400, "invalid_request_error", exc.message, exc.field) from None
         tiers = [cat.index(decision.tier)] + [cat.index(t) for t in decision.escalation]
         semantic_ok = (
             embedding is not None
@@ -547,14 +560,12 @@ class Gateway:
                     yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
             except UpstreamError as exc:  # cut after the first byte: never retried (the client has part of it)
                 outcome, status = exc.outcome, 502
-                err = {"error": {"message": f"upstream {exc.upstream} failed mid-stream ({exc.outcome})",
-                                 "type": "upstream_error", "param": None, "code": exc.outcome}}
-                yield b"data: " + json.dumps(err).encode() + b"\n\n"
+                message = f"upstream {exc.upstream} failed mid-stream ({exc.outcome})"
+                yield b"data: " + error_body(status, "upstream_error", message, None, code=exc.outcome) + b"\n\n"
             except ValueError:  # a chunk that is not JSON
                 outcome, status = "bad_response", 502
-                err = {"error": {"message": "upstream sent a malformed stream chunk", "type": "upstream_error",
-                                 "param": None, "code": "bad_response"}}
-                yield b"data: " + json.dumps(err).encode() + b"\n\n"
+                message = "upstream sent a malformed stream chunk"
+                yield b"data: " + error_body(status, "upstream_error", message, None, code=outcome) + b"\n\n"
             finally:
                 await stream.aclose()
                 if stream.attempt is not None:
@@ -575,12 +586,21 @@ class Gateway:
         assert self.cache is not None and out.key is not None
         m = out.m
         meta = {
-            "tier": m.tier_names[t], "model": m.router.catalog.tiers[t].model, "cost_usd": priced[2],
-            "top_tier_cost_usd": priced[3], "input_tokens": priced[0], "output_tokens": priced[1],
+            "tier": m.tier_names[t],
+            "model": m.router.catalog.tiers[t].model,
+            "cost_usd": priced[2],
+            "top_tier_cost_usd": priced[3],
+            "input_tokens": priced[0],
+            "output_tokens": priced[1],
         }
         try:
             await self.cache.put(
-                out.key, out.opts.tenant, completion, meta=meta, scope=out.scope, vector=out.plan.embedding,
+                out.key,
+                out.opts.tenant,
+                completion,
+                meta=meta,
+                scope=out.scope,
+                vector=out.plan.embedding,
                 semantic_ok=out.plan.semantic_ok,
             )
         except Exception as exc:  # noqa: BLE001 - caching is best effort; the answer was served
@@ -609,20 +629,24 @@ class Gateway:
         """An upstream's 4xx (not 429): the request is wrong for that model; answered as the upstream said it."""
         status = exc.status or 400
         await self._finish(out, t=None, upstream=exc.upstream, status=status, outcome=exc.outcome, priced=_UNPRICED)
-        body = exc.body or {
-            "error": {"message": str(exc), "type": "invalid_request_error", "param": None, "code": None}
-        }
-        return JSONResponse(body, status_code=status, headers=self._headers(out, None, None))
+        headers = self._headers(out, None, None)
+        if exc.body is None:  # no error object to pass on: the service's own
+            raise ApiError(status, "invalid_request_error", str(exc), headers=headers)
+        return JSONResponse(exc.body, status_code=status, headers=headers)
 
-    async def _exhausted(self, out: _Call, last: UpstreamError | None) -> Response:
+    async def _exhausted(self, out: _Call, last: UpstreamError | None) -> NoReturn:
         """Every allowed attempt failed (or the deadline passed): 502, or 504 when the last failure was a timeout."""
         tried = ", ".join(f"{a.upstream}: {a.outcome}" for a in out.attempts) or "none (deadline passed)"
         timed_out = last is not None and last.outcome == "timeout"
         status = 504 if timed_out else 502
         await self._finish(out, t=None, upstream=None, status=status, outcome="exhausted", priced=_UNPRICED)
-        body = {"error": {"message": f"no upstream answered; attempts: {tried}", "type": "upstream_error",
-                          "param": None, "code": "upstream_timeout" if timed_out else "upstream_unavailable"}}
-        return JSONResponse(body, status_code=status, headers=self._headers(out, None, None))
+        raise ApiError(
+            status,
+            "upstream_error",
+            f"no upstream answered; attempts: {tried}",
+            code="upstream_timeout" if timed_out else "upstream_unavailable",
+            headers=self._headers(out, None, None),
+        )
 
 
 def model_list(m: LoadedModel, created: int) -> ModelList:

@@ -45,12 +45,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from router.config_files import describe_error, read_config_file, yaml_number
+from router.config_files import read_config_file, validate_config, yaml_number
 from router.numbers import Integer, Number
 
 UPSTREAMS_ENV = "TIERWISE_UPSTREAMS"
@@ -266,11 +265,7 @@ class UpstreamsConfig(BaseModel):
                 f"{source}: {', '.join(secrets)}: a literal key is refused in the upstreams file; put the key in an "
                 "environment variable and name that variable with api_key_env"
             )
-        try:
-            config = cls.model_validate(data)
-        except ValidationError as exc:
-            problems = "; ".join(describe_error(e) for e in exc.errors())
-            raise UpstreamsError(f"{source}: {problems}") from None
+        config = validate_config(cls, data, source, UpstreamsError)
         config._source = source
         config._environ = environ
         return config

@@ -272,6 +272,13 @@ def _check_number(name: str, value: Any) -> None:
         raise ValueError(problem)
 
 
+def _require_finite(**values: float | None) -> None:
+    """ValueError naming the first of ``values`` that is set but not a finite number (None passes)."""
+    for name, value in values.items():
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+
+
 def _database_error(exc: BaseException) -> bool:
     """True when the database (locked, full, corrupt, read-only) failed rather than one row's values."""
     return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
@@ -407,10 +414,9 @@ class DecisionLog:
         latency_ms: float,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        for name, value in (("threshold", threshold), ("est_cost_usd", est_cost_usd),
-                            ("est_top_cost_usd", est_top_cost_usd), ("latency_ms", latency_ms)):
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value!r}")
+        _require_finite(
+            threshold=threshold, est_cost_usd=est_cost_usd, est_top_cost_usd=est_top_cost_usd, latency_ms=latency_ms
+        )
         meta = metadata or {}
         row = (
             request_id,
@@ -507,10 +513,7 @@ class DecisionLog:
         for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
                             ("cost_usd", cost_usd), ("latency_ms", latency_ms)):
             _check_number(name, value)
-        for name, value in (("top_tier_cost_usd", top_tier_cost_usd), ("upstream_ms", upstream_ms),
-                            ("overhead_ms", overhead_ms)):
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value!r}")
+        _require_finite(top_tier_cost_usd=top_tier_cost_usd, upstream_ms=upstream_ms, overhead_ms=overhead_ms)
         row = (
             request_id, utc_now(), requested_model, tier, model, upstream, int(status), outcome, int(stream),
             input_tokens, output_tokens, cost_usd, top_tier_cost_usd, latency_ms, upstream_ms, overhead_ms,

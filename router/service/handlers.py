@@ -78,7 +78,7 @@ class Service:
         self.model: LoadedModel | None = None
         self.dlog: DecisionLog | None = None
         self.batcher = MicroBatcher(
-            self._get_model,
+            self.current_model,
             _predict,
             window_ms=settings.batch_window_ms,
             max_batch=settings.max_batch_size,
@@ -92,13 +92,10 @@ class Service:
         self.last_reload_error: str | None = None
         self.gateway: Gateway | None = None
 
-    def _get_model(self) -> LoadedModel:
-        assert self.model is not None
-        return self.model
-
     def current_model(self) -> LoadedModel:
         """The model serving now (a reload swaps it between requests)."""
-        return self._get_model()
+        assert self.model is not None
+        return self.model
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
     async def lifespan(self, receive: Receive, send: Send) -> None:
@@ -215,22 +212,12 @@ class Service:
                 new = await asyncio.to_thread(self.manager.load, uri)
             except Exception as exc:  # noqa: BLE001
                 shown = redact(uri or self.manager.model_uri)
-                self.last_reload_error = f"{reason} reload of {shown} failed: {one_line(exc)}"
-                self.metrics.reloads.labels(result="failed").inc()
-                log.error("%s; still serving %s", self.last_reload_error, old.label)
-                raise ApiError(
-                    503, "reload_failed", f"{self.last_reload_error}; still serving {old.label}", "model_uri"
-                ) from exc
+                raise self._reload_failed(old, f"{reason} reload of {shown} failed: {one_line(exc)}") from exc
             if self.gateway is not None:
                 try:
                     self.gateway.check_catalog(new)
                 except ValueError as exc:  # a tier the gateway could not call: keep the old model
-                    self.last_reload_error = f"{reason} reload refused: {exc}"
-                    self.metrics.reloads.labels(result="failed").inc()
-                    log.error("%s; still serving %s", self.last_reload_error, old.label)
-                    raise ApiError(
-                        503, "reload_failed", f"{self.last_reload_error}; still serving {old.label}", "model_uri"
-                    ) from exc
+                    raise self._reload_failed(old, f"{reason} reload refused: {exc}") from exc
             try:
                 await asyncio.to_thread(self._record_catalog, new)
             except Exception as exc:  # noqa: BLE001 - serve anyway; an export of this version then asks for it
@@ -245,6 +232,13 @@ class Service:
             log.info("%s reload: now serving %s (was %s)", reason, new.label, old.label)
             self._settle_heap()
             return old, new
+
+    def _reload_failed(self, old: LoadedModel, why: str) -> ApiError:
+        """Record a reload that did not happen (the old model keeps serving) and the 503 that says so."""
+        self.last_reload_error = why
+        self.metrics.reloads.labels(result="failed").inc()
+        log.error("%s; still serving %s", why, old.label)
+        return ApiError(503, "reload_failed", f"{why}; still serving {old.label}", "model_uri")
 
     async def _poll(self) -> None:
         while True:
@@ -489,7 +483,7 @@ class Service:
     ) -> tuple[RouteResponse, dict[str, str], np.ndarray | None]:
         """:meth:`route` and the routing text's embedding (None when the model uses none), from the same call."""
         t0 = time.perf_counter()
-        current = self._get_model()
+        current = self.current_model()
         self._threshold(current, req)  # reject bad knobs before spending encoder time
         self._bounds(current, req)
         text = req.routing_text()
@@ -527,7 +521,7 @@ class Service:
                 f"{len(body.requests)} requests is more than the limit of {self.settings.max_batch_items} per call",
                 "requests",
             )
-        current = self._get_model()
+        current = self.current_model()
         for i, r in enumerate(body.requests):
             self._threshold(current, r, f"requests.{i}.")
             self._bounds(current, r, f"requests.{i}.")
@@ -555,7 +549,7 @@ class Service:
                 f"{len(steps)} steps is more than the limit of {self.settings.max_plan_steps} per plan",
                 "steps",
             )
-        current = self._get_model()
+        current = self.current_model()
         self._threshold(current, body)
         self._bounds(current, body)
         texts = [body.goal] + [s.text for s in steps]
@@ -615,7 +609,7 @@ class Service:
         return out, {"x-tierwise-router-version": m.label_header}
 
     async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:
-        m = self._get_model()
+        m = self.current_model()
         cat = m.router.catalog
         idx: int | None = None
         if body.tier is not None:
@@ -696,7 +690,7 @@ class Service:
         return FeedbackResponse(request_id=body.request_id, recorded=True, model=tier.model, score=score)
 
     def tiers(self) -> TiersResponse:
-        m = self._get_model()
+        m = self.current_model()
         cat = m.router.catalog
         return TiersResponse(
             catalog=cat.name,
