@@ -1,14 +1,17 @@
 """The decision log on its own (real SQLite, no server): a writer that never dies silently, bounded numbers,
-durable-feedback futures, stored catalogs and the training export (issue 11)."""
+durable-feedback futures, stored catalogs and the training export (issue 11); a log written before migrations
+upgrading in place (issue 14; PostgreSQL and both stores side by side: test_decision_log_postgres.py)."""
 
 from __future__ import annotations
 
 import math
+import shutil
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -44,12 +47,32 @@ def _log(path: Path, counts: Counts | None = None, **kw) -> DecisionLog:
     return DecisionLog(path, store_prompts=True, on_drop=c.drop, on_error=c.error, **kw).start()
 
 
-def _decision(dlog: DecisionLog, rid: str, *, text: str = "a prompt", version: str = "svc/1", model: str = "m-a",
-              tier_index: int = 0, task: str | None = None) -> None:
+def _decision(
+    dlog: DecisionLog,
+    rid: str,
+    *,
+    text: str = "a prompt",
+    version: str = "svc/1",
+    model: str = "m-a",
+    tier_index: int = 0,
+    task: str | None = None,
+) -> None:
     dlog.record_decision(
-        request_id=rid, endpoint="/v1/route", text=text, role="single", tier="a", tier_index=tier_index, model=model,
-        threshold=0.5, reason="best_expected_utility", probabilities={"a": 0.9, "b": 0.95}, router_version=version,
-        est_cost_usd=0.001, est_top_cost_usd=0.01, latency_ms=2.0, metadata={"task": task} if task else None,
+        request_id=rid,
+        endpoint="/v1/route",
+        text=text,
+        role="single",
+        tier="a",
+        tier_index=tier_index,
+        model=model,
+        threshold=0.5,
+        reason="best_expected_utility",
+        probabilities={"a": 0.9, "b": 0.95},
+        router_version=version,
+        est_cost_usd=0.001,
+        est_top_cost_usd=0.01,
+        latency_ms=2.0,
+        metadata={"task": task} if task else None,
     )
 
 
@@ -120,28 +143,24 @@ def test_record_feedback_refuses_absurd_numbers(tmp_path: Path, field: str, valu
 def test_a_failing_database_is_counted_reported_and_recovered_from(tmp_path: Path) -> None:
     db = tmp_path / "log.db"
     counts = Counts()
-    dlog = _log(db, counts)
+    dlog = _log(db, counts, retry_seconds=0.2, probe_seconds=0.2)
     _decision(dlog, "r1")
     assert _feedback(dlog, "r1").result(5) is True
-    # someone drops the feedback table: every transaction with feedback now fails (a database error, retried)
+    # someone moves the feedback table away: every transaction with feedback now fails (a database error, retried)
     other = sqlite3.connect(db, isolation_level=None)
-    other.execute("DROP TABLE feedback")
+    other.execute("ALTER TABLE feedback RENAME TO feedback_away")
     lost = _feedback(dlog, "r1")
     with pytest.raises(DecisionLogError, match="no such table: feedback"):
         lost.result(10)
     assert dlog.flush()
     assert counts.dropped == 1 and counts.errors == ["batch"]
     assert "writes are failing" in (dlog.health() or "")
-    # the table is back (the writer's own probe may have recreated it first: its connections create the schema):
-    # the next batch commits and the log is healthy again
-    other.executescript(
-        "CREATE TABLE IF NOT EXISTS feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, "
-        "created_at TEXT NOT NULL, tier TEXT, model TEXT NOT NULL, score REAL NOT NULL, acceptable INTEGER, "
-        "input_tokens REAL, output_tokens REAL, cost_usd REAL, latency_ms REAL, metadata TEXT)"
-    )
+    # the table is back: the writer's probe sees it without new rows, and the next batch commits
+    other.execute("ALTER TABLE feedback_away RENAME TO feedback")
     other.close()
+    assert _wait_healthy(dlog) is None
     assert _feedback(dlog, "r1").result(10) is True
-    assert dlog.health() is None
+    assert counts.dropped == 1 and counts.errors == ["batch"]
     dlog.close()
 
 
@@ -182,7 +201,7 @@ def test_writes_failing_on_a_held_lock_recover_once_it_is_released_without_new_r
     /readyz taking the worker out of rotation, so no traffic comes) it never recovered. The writer now probes."""
     db = tmp_path / "log.db"
     counts = Counts()
-    dlog = _log(db, counts, busy_seconds=0.1, probe_seconds=0.2)
+    dlog = _log(db, counts, busy_seconds=0.1, retry_seconds=0.0, probe_seconds=0.2)
     _decision(dlog, "r1")
     assert _feedback(dlog, "r1").result(5) is True
     other = sqlite3.connect(db, isolation_level=None)
@@ -427,3 +446,64 @@ def test_record_catalog_keeps_the_newest_catalog_of_a_version(tmp_path: Path) ->
     rows = conn.execute("SELECT router_version, catalog FROM catalogs").fetchall()
     conn.close()
     assert len(rows) == 1 and Catalog.from_dict(yaml.safe_load(rows[0][1])) == CAT_B
+
+
+# --------------------------------------------------------------------------------------------------------------
+# migrations: a log written before them, and one from a newer tierwise
+# --------------------------------------------------------------------------------------------------------------
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "decisions-v1.db"
+
+
+def test_a_log_written_before_migrations_upgrades_in_place_and_exports_the_same_rows(tmp_path: Path) -> None:
+    """tests/fixtures/decisions-v1.db was written by the decision log before SQLAlchemy and Alembic (schema_version
+    1 in tierwise_meta, no version table): 6 decisions, 5 feedback rows (two with feedback ids), 3 gateway calls and
+    a catalog. It upgrades in place and reads back exactly as the code that wrote it exported it."""
+    from typer.testing import CliRunner
+
+    from router.service.decision_log import head, iter_calls, iter_decisions, iter_feedback, stored_catalogs
+    from training.cli import app
+
+    db = tmp_path / "decisions.db"
+    shutil.copy(FIXTURE, db)
+    readers = (iter_decisions, iter_feedback, iter_calls, stored_catalogs)
+    before = [list(read(db)) if read is not stored_catalogs else read(db) for read in readers]
+    frame_before, _ = export_log(db)  # readers read an old log as it is, without migrating it
+    # what the code before migrations exported from it
+    assert frame_before["request_id"].tolist() == ["req-0", "req-1", "req-2", "req-3", "req-1"]
+    assert frame_before["model"].tolist() == ["m-small"] * 4 + ["m-large"]
+    assert frame_before["score"].tolist() == [1.0, 1.0, 0.0, 1.0, 1.0]
+    assert frame_before["timestamp"].tolist()[-1] == "2026-04-01T00:00:00.000+00:00"
+    assert frame_before["prompt"][0] == "fixture prompt 0" and frame_before["input_tokens"][0] == 100.0
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["db", "current", "--decision-log", str(db)])
+    assert res.exit_code == 1 and "none (never migrated)" in res.output, res.output
+    res = runner.invoke(app, ["db", "upgrade", "--decision-log", f"sqlite:///{db}"])
+    assert res.exit_code == 0 and f"schema upgraded from none to {head()}" in res.output, res.output
+    conn = connect(db, readonly=True)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert conn.execute("SELECT version_num FROM tierwise_alembic_version").fetchall() == [(head(),)]
+    conn.close()
+    assert "tierwise_meta" not in tables and {"decisions", "feedback", "calls", "catalogs"} <= tables
+
+    frame_after, summary = export_log(db)
+    pd.testing.assert_frame_equal(frame_before, frame_after)
+    assert summary.exported_rows == 5
+    assert [list(read(db)) if read is not stored_catalogs else read(db) for read in readers] == before
+    # the service writes on: a feedback id the old log holds is still recorded once
+    dlog = _log(db)
+    assert _feedback(dlog, "req-0", feedback_id="fb-0").result(5) is False
+    assert _feedback(dlog, "req-0", feedback_id="fb-new").result(5) is True
+    dlog.close()
+
+
+def test_a_log_from_a_newer_tierwise_is_refused(tmp_path: Path) -> None:
+    from router.service.decision_log import SchemaError
+
+    db = tmp_path / "log.db"
+    DecisionLog(db).close()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("UPDATE tierwise_alembic_version SET version_num = '9999'")
+    conn.close()
+    with pytest.raises(SchemaError, match="revision '9999', which this tierwise does not know"):
+        DecisionLog(db)

@@ -1,77 +1,96 @@
-"""The same train -> register -> load round trip through a real `mlflow server` (HTTP tracking URI)."""
+"""The registry of the multi-machine setup (docs/deployment.md): a real ``mlflow server`` on PostgreSQL with its
+artifacts on disk, proxied by the server (``--serve-artifacts``). ``tierwise train`` registers through it, ``tierwise
+promote`` moves the champion alias, and the champion loads from it. Serving replicas that follow that alias are
+tests/test_replicas.py. The module's database is its own and is dropped afterwards (tests/mlflow_server.py).
+"""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from mlflow_server import MlflowServer, database_exists, query, register_again, running_mlflow_server
 
 from router.core import Router
 from training import registry
-from training.demo import demo_catalog, demo_log
-from training.pipeline import TrainConfig, train
+from training.demo import demo_catalog, write_demo_catalog, write_demo_log
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+REPO = Path(__file__).resolve().parent.parent
+NAME = "tierwise-remote"
+TINY = '{"layout": "per_tier", "n_estimators": 20}'  # a small LightGBM fit: the registry is under test here
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    d = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{d / 'server.db'}", "--artifacts-destination", str(d / "artifacts"),
-    ]
-    log = open(d / "server.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(d / 'server.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        else:
-            raise RuntimeError("mlflow server did not become healthy in 120 s")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+def mlflow_server(work: Path) -> Iterator[MlflowServer]:
+    with running_mlflow_server(work / "mlflow", "tw_test_mlflow_server") as srv:
+        yield srv
+    assert not database_exists(srv.backend_uri)  # the module's database is gone
 
 
-def test_train_register_and_load_through_server(mlflow_server: str, tmp_path: Path) -> None:
-    result = train(
-        demo_log(n_prompts=600, seed=3), catalog=demo_catalog(), register="tierwise-remote",
-        tracking_uri=mlflow_server, config=TrainConfig(n_estimators=40), progress=False,
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``tierwise ARGS`` as a user runs it (a fresh process, TIERWISE_HOME ``home``); fails the test with its output
+    on a non-zero exit."""
+    env = {**os.environ, "TIERWISE_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the server is named by --tracking-uri alone
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, cwd=REPO, env=env
     )
-    assert result.tracking_uri == mlflow_server
-    assert result.model_version == "1" and result.promoted
-    assert registry.alias_version("tierwise-remote", "champion", mlflow_server) == "1"
-    router = Router.load("models:/tierwise-remote@champion", tracking_uri=mlflow_server)
-    assert router.ref.version == "1"
+    assert proc.returncode == 0, f"tierwise {args[0]} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_cli_train_register_promote_and_load_through_a_postgres_backed_server(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    url = mlflow_server.url
+    log = write_demo_log(tmp_path / "log.csv", n_prompts=300, seed=3)
+    catalog = write_demo_catalog(tmp_path / "catalog.yaml")
+    home = tmp_path / "home"
+    out = cli(
+        home,
+        "train",
+        "--data",
+        str(log),
+        "--catalog",
+        str(catalog),
+        "--register",
+        NAME,
+        "--tracking-uri",
+        url,
+        "--config",
+        TINY,
+        "-q",
+    ).stdout
+    assert f"registered: models:/{NAME}/1 (alias challenger)" in out and "champion: moved to v1" in out, out
+    assert f"tracking store: {url}" in out
+    assert registry.alias_version(NAME, "champion", url) == "1"
+
+    # the registry lives in the server's PostgreSQL database, the model files under its artifact destination
+    db = mlflow_server.backend_uri
+    assert query(db, "SELECT version FROM model_versions WHERE name = %s", (NAME,)) == [(1,)]
+    assert query(db, "SELECT alias, version FROM registered_model_aliases WHERE name = %s ORDER BY alias", (NAME,)) == [
+        ("challenger", 1),
+        ("champion", 1),
+    ]
+    stored = list(mlflow_server.artifacts.rglob("tierwise.json"))
+    assert len(stored) == 1 and (stored[0].parent / "encoder").is_dir(), stored
+    assert not (home / "mlflow.db").exists() and not list(home.rglob("MLmodel"))  # nothing in the local default store
+
+    # a second registration of the same artifacts (version 2), made champion by `tierwise promote`
+    assert register_again(url, NAME, "1") == "2"
+    assert (
+        cli(home, "promote", "2", "--name", NAME, "--tracking-uri", url).stdout.strip()
+        == f"{NAME}@champion -> version 2"
+    )
+    assert query(
+        db, "SELECT version FROM registered_model_aliases WHERE name = %s AND alias = 'champion'", (NAME,)
+    ) == [(2,)]
+
+    router = Router.load(f"models:/{NAME}@champion", tracking_uri=url)  # downloaded through the artifact proxy
+    assert (router.ref.name, router.ref.version) == (NAME, "2")
     d = router.route("Classify the sentiment of: 'the update broke everything'")
     assert d.tier in demo_catalog().tier_names
-    # nothing was written to the local default store
-    assert not (Path(os.environ["TIERWISE_HOME"]) / "mlartifacts").exists() or not any(
-        (Path(os.environ["TIERWISE_HOME"]) / "mlartifacts").rglob("MLmodel")
-    )

@@ -446,7 +446,7 @@ def test_feedback_that_overflowed_the_log_is_refused_and_the_log_keeps_writing(
         for s in fam.samples
         if s.name == "tierwise_decision_log_errors_total"
     }
-    assert errors == {"row": 0, "batch": 0, "writer": 0, "catalog": 0}, errors
+    assert errors == {"row": 0, "batch": 0, "writer": 0, "prune": 0, "catalog": 0}, errors
 
 
 RID = "0123456789abcdef"
@@ -597,21 +597,22 @@ def test_ready_fails_while_decision_log_writes_fail(tmp_path: Path) -> None:
         degraded=False, source="local", uri="x", label="x/1", name="x", version="1", encoder="e", loaded_at="t",
         detail=None,
     )
-    service.dlog = DecisionLog(db, probe_seconds=1.0).start()
+    service.dlog = DecisionLog(db, probe_seconds=1.0, retry_seconds=0.1).start()
     first = service.dlog.record_feedback(request_id="r", tier="a", model="m", score=1.0, acceptable=True)
     assert first.result(5) is True  # the writer holds its connection now
     assert service.ready()[0] == 200
-    other = sqlite3.connect(db, isolation_level=None)  # drops a table under the writer's open connection
-    other.execute("DROP TABLE feedback")
-    other.close()
+    other = sqlite3.connect(db, isolation_level=None)  # moves a table away under the writer's open connection
+    other.execute("ALTER TABLE feedback RENAME TO feedback_away")
     written = service.dlog.record_feedback(request_id="r", tier="a", model="m", score=1.0, acceptable=True)
     with pytest.raises(Exception, match="no such table"):
         written.result(10)
     status, body = service.ready()
     assert status == 503 and body.ready is False
     assert "writes are failing" in body.decision_log and body.detail == body.decision_log
-    # nobody writes while /readyz fails (a balancer sends no traffic): the writer's probe reconnects (which
-    # recreates the schema) and readiness comes back on its own
+    # nobody writes while /readyz fails (a balancer sends no traffic): once the table is back, the writer's probe
+    # sees it and readiness comes back on its own
+    other.execute("ALTER TABLE feedback_away RENAME TO feedback")
+    other.close()
     deadline = time.monotonic() + 10
     while service.ready()[0] != 200 and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -319,6 +319,10 @@ def test_redact() -> None:
     from router.service.errors import redact
 
     assert redact("postgresql://user:secret@host/db") == "postgresql://user:***@host/db"
+    assert redact("postgresql+psycopg://h/db?user=u&password=s3&sslmode=require") == (
+        "postgresql+psycopg://h/db?user=u&password=***&sslmode=require"
+    )
+    assert redact("postgresql://h/db?PASSWORD=x") == "postgresql://h/db?PASSWORD=***"
     assert redact("see http://u:p@h:5000/x and https://a:b@c") == "see http://u:***@h:5000/x and https://a:***@c"
     assert redact("http://host:5000/api models:/m@champion sqlite:////tmp/x.db") == (
         "http://host:5000/api models:/m@champion sqlite:////tmp/x.db"

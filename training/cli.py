@@ -608,6 +608,205 @@ def batch(
         raise typer.Exit(code)
 
 
+EngineOpt = Annotated[
+    str, typer.Option("--engine", help="local (this process, streamed in chunks) or spark (a Spark job).")
+]
+SparkMasterOpt = Annotated[str, typer.Option("--spark-master", help="Spark master with --engine spark.")]
+SparkConfOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--spark-conf", help="Spark setting KEY=VALUE with --engine spark (repeat), e.g. spark.driver.memory=4g."
+    ),
+]
+OfflineWhereOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--where", help="Row filter: a pandas query (--engine local) or a Spark SQL condition (--engine spark)."
+    ),
+]
+NoProgressOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", "--no-progress", metavar=FLAG, help="No progress bars.")
+]
+OfflineDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="Log: .csv, .jsonl, .json or .parquet file, or a folder of Parquet files; with --engine spark also a URI "
+        "(hdfs://, s3a://).",
+    ),
+]
+
+
+def _offline_errors(exc: BaseException) -> None:
+    """Every line of a log problem (a log can have several), else the usual one-line error; exit code 2."""
+    from router.offline.reader import PromptLogError
+
+    if isinstance(exc, PromptLogError):
+        for problem in str(exc).strip().splitlines():
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2) from None
+    _fail(exc)
+
+
+def _engine(engine: str) -> str:
+    if engine not in ("local", "spark"):
+        raise ValueError(f"--engine must be local or spark, got {engine!r}")
+    return engine
+
+
+def _spark(master: str, conf: list[str] | None, progress: bool) -> Any:
+    from router.offline.spark import parse_conf, spark_session
+
+    settings = {"spark.ui.showConsoleProgress": "true" if progress else "false", **parse_conf(conf)}
+    return spark_session(master, conf=settings)
+
+
+@app.command("route-log", cls=_Command)
+def route_log_command(
+    data: OfflineDataOpt = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out", help="Decisions as Parquet: a file (--engine local) or a folder (--engine spark; also a URI)."
+        ),
+    ] = None,
+    model_uri: Annotated[
+        str,
+        typer.Option(
+            "--model-uri", "--model", envvar="TIERWISE_MODEL_URI",
+            help="Registry URI or local directory (--engine spark: a registry URI or an MLflow model folder).",
+        ),
+    ] = "models:/tierwise@champion",
+    tracking_uri: TrackingOpt = None,
+    columns: ColumnsOpt = None,
+    where: OfflineWhereOpt = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", min=0.0, max=1.0, help="The knob for every prompt (default: the model's)."),
+    ] = None,
+    quality_target: Annotated[
+        float | None,
+        typer.Option(
+            "--quality-target", min=0.0, max=1.5, help="Instead of --threshold: the model's knob for this target."
+        ),
+    ] = None,
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", min=1, help="Prompts per routing call (--engine local).")
+    ] = 1024,
+    include_prompt: Annotated[
+        bool,
+        typer.Option("--include-prompt", metavar=FLAG, help="Also write the prompt text (default: its hash only)."),
+    ] = False,
+    engine: EngineOpt = "local",
+    spark_master: SparkMasterOpt = "local[2]",
+    spark_conf: SparkConfOpt = None,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Encoder threads (--engine local).")] = 1,
+    quiet: NoProgressOpt = False,
+) -> None:
+    """Route every distinct prompt of a log offline (what the router would have done) and write one Parquet row per
+    prompt id: tier, model, reason, P(acceptable) per tier, estimated cost and router version (no prompt text
+    unless --include-prompt). --engine spark runs the registered pyfunc on Spark."""
+    _env_defaults()
+    _setup_logging(False)
+    try:
+        from router.offline.reader import PromptLog
+        from training.readers import parse_column_map
+
+        if data is None or out is None:
+            raise ValueError("--data and --out are required")
+        if threshold is not None and quality_target is not None:
+            raise ValueError("give either --threshold or --quality-target, not both")
+        log = PromptLog(data, parse_column_map(columns) if columns else {}, where)
+        progress = not quiet and sys.stderr.isatty()
+        if _engine(engine) == "spark":
+            from router.offline.spark import route_log_spark
+
+            result: Any = route_log_spark(
+                _spark(spark_master, spark_conf, progress), log, out, model_uri=model_uri, tracking_uri=tracking_uri,
+                threshold=threshold, quality_target=quality_target, include_prompt=include_prompt,
+            )
+        else:
+            from router.core import Router
+            from router.offline.route_log import route_log
+
+            try:
+                router = Router.load(model_uri, tracking_uri=tracking_uri, threads=threads)
+            except Exception as exc:
+                why = _missing_model(model_uri, tracking_uri)
+                if why is None:
+                    raise
+                raise ValueError(_no_model_hint(why)) from exc
+            result = route_log(
+                router, log, out, chunk_size=chunk_size, threshold=threshold, quality_target=quality_target,
+                include_prompt=include_prompt, progress=progress,
+            )
+    except Exception as exc:  # noqa: BLE001
+        _offline_errors(exc)
+        return
+    for line in result.lines():
+        typer.echo(line)
+
+
+@app.command(cls=_Command)
+def featurize(
+    data: OfflineDataOpt = None,
+    columns: ColumnsOpt = None,
+    where: OfflineWhereOpt = None,
+    engine: EngineOpt = "local",
+    spark_master: SparkMasterOpt = "local[2]",
+    spark_conf: SparkConfOpt = None,
+    encoder: Annotated[str | None, typer.Option("--encoder", help="Encoder, as for tierwise train.")] = None,
+    config_json: Annotated[
+        str | None,
+        typer.Option("--config", help="TrainConfig overrides as JSON, as for tierwise train (its encoder settings)."),
+    ] = None,
+    model_uri: Annotated[
+        str | None,
+        typer.Option("--model-uri", help="Embed with this model's encoder instead (retraining with its settings)."),
+    ] = None,
+    tracking_uri: TrackingOpt = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir", help="tierwise cache folder (default: TIERWISE_CACHE_DIR or ~/.tierwise/cache, where "
+            "tierwise train looks); vectors go to its embeddings/ folder.",
+        ),
+    ] = None,
+    quiet: NoProgressOpt = False,
+) -> None:
+    """Embed a training log's prompts ahead of tierwise train (on Spark with --engine spark) into the embedding
+    cache, so that training on the same log embeds nothing. Prompts already cached are skipped."""
+    _env_defaults()
+    _setup_logging(False)
+    try:
+        from router.offline.reader import PromptLog
+        from training.pipeline import TrainConfig
+        from training.readers import parse_column_map
+        from training.spark_features import featurize_local, featurize_spark, training_encoder
+
+        if data is None:
+            raise ValueError("--data is required")
+        if model_uri is not None and (encoder or config_json):
+            raise ValueError("give --model-uri or --encoder/--config, not both")
+        overrides: dict[str, Any] = _json_object(config_json, "--config") if config_json else {}
+        if encoder:
+            overrides["encoder"] = encoder
+        log = PromptLog(data, parse_column_map(columns) if columns else {}, where)
+        progress = not quiet and sys.stderr.isatty()
+        enc = training_encoder(TrainConfig(**overrides), model_uri=model_uri, tracking_uri=tracking_uri)
+        if _engine(engine) == "spark":
+            report = featurize_spark(_spark(spark_master, spark_conf, progress), log, encoder=enc, cache_dir=cache_dir)
+        else:
+            report = featurize_local(log, encoder=enc, cache_dir=cache_dir, progress=progress)
+    except Exception as exc:  # noqa: BLE001
+        _offline_errors(exc)
+        return
+    for line in report.lines():
+        typer.echo(line)
+    env = f"TIERWISE_CACHE_DIR={shlex.quote(str(cache_dir))} " if cache_dir is not None else ""
+    typer.echo(f"next: {env}tierwise train --data {shlex.quote(str(data))} ... (the same encoder settings)")
+
+
 def _no_model_hint(why: str) -> str:
     """``why`` (from :func:`training.registry.describe_missing`) with what to do about it."""
     if "has no alias" in why and "(v" in why:  # versions exist: one of them can be made champion
@@ -739,6 +938,7 @@ def _run_server(settings: Any, access_log: bool, state_dir: str) -> int:
             workers=settings.workers,
             log_level=settings.log_level,
             access_log=access_log,
+            timeout_keep_alive=settings.keep_alive_s,
             timeout_graceful_shutdown=10,
         )
     except SystemExit as exc:
@@ -789,6 +989,37 @@ def keys_add(
     typer.echo(f"stored its hash for tenant {tenant!r} in {path}; serve with TIERWISE_CLIENT_KEYS={path}", err=True)
 
 
+DecisionLogOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        "--decision-log",
+        help="Decision log: a SQLite file or a database URL, e.g. postgresql+psycopg://USER:PASSWORD@HOST/DB "
+        "(default: TIERWISE_DECISION_LOG or HOME/decisions.db).",
+    ),
+]
+
+
+def _decision_log(given: str | None) -> str:
+    from router.service.settings import ServiceSettings
+
+    return given or ServiceSettings().decision_log_target
+
+
+def _fail_log(exc: BaseException) -> None:
+    """:func:`_fail` for the decision log's commands: a database error as its driver's first line, credentials in
+    URLs hidden."""
+    from pydantic import ValidationError
+
+    from router.service.decision_log.store import is_database_error, reason
+    from router.service.errors import redact
+
+    if isinstance(exc, ValidationError):  # a bad TIERWISE_* setting: _fail names the field
+        _fail(exc)
+    text = f"decision log: {reason(exc)}" if is_database_error(exc) else redact(str(exc).strip())
+    _fail(RuntimeError(text or type(exc).__name__))
+
+
 decisions_app = _typer(help="The service's decision log (decisions + feedback).", no_args_is_help=True)
 app.add_typer(decisions_app, name="decisions")
 
@@ -796,9 +1027,7 @@ app.add_typer(decisions_app, name="decisions")
 @decisions_app.command("export", cls=_Command)
 def decisions_export(
     out: Annotated[Path, typer.Option("--out", help="Output log: .csv, .csv.gz, .jsonl or .parquet.")],
-    db: Annotated[
-        Path | None, typer.Option("--db", help="Decision log (default: TIERWISE_DECISION_LOG or HOME/decisions.db).")
-    ] = None,
+    db: DecisionLogOpt = None,
     router_version: Annotated[
         str | None, typer.Option("--router-version", help="Only decisions of this router version, e.g. tierwise/3.")
     ] = None,
@@ -820,21 +1049,18 @@ def decisions_export(
     _env_defaults()
     try:
         from router.service.decision_log import export_for_training
-        from router.service.settings import ServiceSettings
 
-        path = db or ServiceSettings().decision_log_path
+        path = _decision_log(db)
         frame, summary = export_for_training(path, out, router_version=router_version, since=since, catalog=catalog)
     except Exception as exc:  # noqa: BLE001
-        _fail(exc)
+        _fail_log(exc)
         return
     typer.echo(f"{summary.describe()} -> {out}")
 
 
 @decisions_app.command("savings", cls=_Command)
 def decisions_savings(
-    db: Annotated[
-        Path | None, typer.Option("--db", help="Decision log (default: TIERWISE_DECISION_LOG or HOME/decisions.db).")
-    ] = None,
+    db: DecisionLogOpt = None,
     router_version: Annotated[
         str | None,
         typer.Option("--router-version", help="Router version to report, e.g. tierwise/3 (default: the latest)."),
@@ -866,12 +1092,12 @@ def decisions_savings(
     try:
         from router.atomic_io import atomic_path
         from router.catalog import Catalog
-        from router.service.settings import ServiceSettings
+        from router.service.decision_log import reading
         from training import reports
 
-        path = db or ServiceSettings().decision_log_path
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no decision log there (serve with tierwise serve first, or give --db)")
+        path = _decision_log(db)
+        with reading(path):  # fail now when there is no log there (or its database is unreachable)
+            pass
         chars_per_token = cost_model = None
         if model_uri is not None:
             from router.core import Router
@@ -906,8 +1132,94 @@ def decisions_savings(
                 fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
             typer.echo(f"chart -> {plot}")
     except Exception as exc:  # noqa: BLE001
-        _fail(exc)
+        _fail_log(exc)
         return
+
+
+@decisions_app.command("prune", cls=_Command)
+def decisions_prune(
+    before: Annotated[
+        str, typer.Option("--before", help="Delete what is older than this UTC date or time, e.g. 2026-06-01.")
+    ],
+    db: DecisionLogOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar=FLAG, help="Only count what would be deleted.")] = False,
+    batch_rows: Annotated[
+        int | None,
+        typer.Option("--batch-rows", min=1, help="Requests per table per transaction (default 500)."),
+    ] = None,
+) -> None:
+    """Delete decisions made before --before with all their feedback, and older gateway calls; print the counts.
+
+    A decision's time decides: its feedback goes with it, even feedback recorded after the cut-off. Older feedback
+    whose decision is gone goes too. Deletes run in short transactions, so a running service keeps writing. The
+    service can prune by itself: TIERWISE_DECISION_RETENTION_DAYS."""
+    _env_defaults()
+    try:
+        from router.service.decision_log import describe, prune
+
+        path = _decision_log(db)
+        if batch_rows is None:  # the product's default
+            counts = prune(path, before, dry_run=dry_run)
+        else:
+            counts = prune(path, before, dry_run=dry_run, batch_rows=batch_rows)
+    except Exception as exc:  # noqa: BLE001
+        _fail_log(exc)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{describe(path)}: {verb} {counts.describe()} older than {before}")
+
+
+db_app = _typer(help="The decision log's database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade", cls=_Command)
+def db_upgrade(db: DecisionLogOpt = None) -> None:
+    """Create or migrate the decision log's tables to this tierwise's schema (the service also does it at start).
+
+    Run it ahead of a rolling upgrade, or to check a database URL. A log written before migrations is upgraded in
+    place. Safe while services run, and from several machines at once (the second waits, then has nothing to do)."""
+    _env_defaults()
+    try:
+        from router.service.decision_log import describe, make_engine, resolve, upgrade
+
+        path = _decision_log(db)
+        engine = make_engine(resolve(path))
+        try:
+            before, after = upgrade(engine)
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001
+        _fail_log(exc)
+        return
+    if before == after:
+        typer.echo(f"{describe(path)}: schema at {after} (the newest), nothing to do")
+    else:
+        typer.echo(f"{describe(path)}: schema upgraded from {before or 'none'} to {after}")
+
+
+@db_app.command("current", cls=_Command)
+def db_current(db: DecisionLogOpt = None) -> None:
+    """Print the decision log's schema revision; exit 1 when it is not this tierwise's newest (tierwise db upgrade)."""
+    _env_defaults()
+    try:
+        from router.service.decision_log import current, describe, head, reading
+
+        path = _decision_log(db)
+        with reading(path) as conn:
+            rev = current(conn)
+        newest = head()
+    except Exception as exc:  # noqa: BLE001
+        _fail_log(exc)
+        return
+    if rev == newest:
+        typer.echo(f"{describe(path)}: schema {rev} (the newest)")
+        return
+    typer.echo(
+        f"{describe(path)}: schema {rev or 'none (never migrated)'}; this tierwise's is {newest}: run "
+        "tierwise db upgrade"
+    )
+    raise typer.Exit(1)
 
 
 @app.command("demo-data", cls=_Command)

@@ -115,6 +115,40 @@ class EmbeddingCache:
         self._refresh(space)
         return len(space.index)
 
+    def store(self, encoder: Any, digests: Sequence[bytes], vectors: np.ndarray) -> str | None:
+        """Add vectors computed elsewhere (e.g. by Spark executors, :mod:`training.spark_features`) as one shard.
+
+        ``digests``: :func:`text_digest` of each vector's prompt; ``vectors``: float32 ``[len(digests), encoder.dim]``
+        from ``encoder`` (whose spec names the namespace). Nothing is compacted or rescanned, so many processes may
+        store into one cache at once. Returns the shard's name (None when there is nothing to store).
+        """
+        vecs = np.asarray(vectors)
+        space = self._namespace(encoder)
+        if vecs.ndim != 2 or vecs.shape != (len(digests), space.dim):
+            raise ValueError(f"vectors have shape {vecs.shape}, expected {(len(digests), space.dim)}")
+        if not np.isfinite(vecs).all():
+            raise ValueError("vectors must be finite")
+        if any(len(d) != DIGEST_BYTES for d in digests):
+            raise ValueError(f"digests must be {DIGEST_BYTES}-byte sha256 digests (text_digest)")
+        if not len(digests):
+            return None
+        return self._write_shard(space, list(digests), np.ascontiguousarray(vecs, dtype=np.float32))
+
+    def key_prefixes(self, encoder: Any) -> np.ndarray:
+        """Sorted uint64 of the first 8 bytes of every digest cached for ``encoder`` (read from the committed shards'
+        keys files only, 8 bytes per prompt: a cheap 'probably cached' test for processes that only add vectors)."""
+        directory = self.namespace_dir(encoder)
+        parts = []
+        if directory.is_dir():
+            for keys_path in sorted(directory.glob(f"*{KEYS_SUFFIX}")):
+                try:
+                    keys = np.load(keys_path, allow_pickle=False)
+                except (OSError, ValueError, EOFError):
+                    continue
+                if keys.ndim == 2 and keys.shape[1] == DIGEST_BYTES and keys.dtype == np.uint8:
+                    parts.append(np.ascontiguousarray(keys[:, :8]).view(">u8").ravel().astype(np.uint64))
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
+
     def compact(self, encoder: Any) -> None:
         """Merge ``encoder``'s shards into one and remove orphans / stale temporary files."""
         space = self._namespace(encoder)

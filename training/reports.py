@@ -38,7 +38,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -365,12 +364,12 @@ class DecisionLogSlice:
 
 
 def read_decision_log(path: str | os.PathLike[str]) -> DecisionLogSlice:
-    """Read the service's SQLite decision log (read-only): decisions, feedback and the stored catalogs.
+    """Read the service's decision log (read-only): decisions, feedback, gateway calls and the stored catalogs.
+    ``path``: a SQLite file or a database URL (``postgresql+psycopg://...``), as ``TIERWISE_DECISION_LOG``.
 
-    The one reader here that touches a file; the spend frames stay pure functions of what it returns."""
+    The one reader here that touches a store; the spend frames stay pure functions of what it returns."""
     from router.service import decision_log as dl
 
-    path = Path(path)
     decisions = pd.DataFrame(list(dl.iter_decisions(path)), columns=list(dl.DECISION_COLUMNS))
     feedback = pd.DataFrame(list(dl.iter_feedback(path)), columns=list(dl.FEEDBACK_READ_COLUMNS))
     calls = pd.DataFrame(list(dl.iter_calls(path)), columns=list(dl.CALL_COLUMNS))
@@ -439,7 +438,9 @@ def spend_frame_from_log(
     ``Router.cost_model``). What a CLI command or the savings notebook calls."""
     log = read_decision_log(path)
     if log.decisions.empty:
-        raise ValueError(f"{path}: the decision log has no decisions yet")
+        from router.service.decision_log import describe  # a URL's password is not shown
+
+        raise ValueError(f"{describe(path)}: the decision log has no decisions yet")
     if catalog is None:
         _, version, _ = _select(log.decisions, "created_at", router_version, since, until)
         if version is None:

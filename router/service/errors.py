@@ -60,13 +60,17 @@ class ApiError(Exception):
 # ``scheme://user:password@host``: the password part of a URI's userinfo (tracking URIs may carry database or HTTP
 # credentials, and MLflow's errors quote the URI they failed on)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<secret>[^/@\s]*)@")
+# libpq and SQLAlchemy also take the password as a query parameter (``postgresql://h/db?user=u&password=p``)
+_QUERY_SECRET = re.compile(r"(?P<key>[?&](?:password|passwd|pwd)=)[^&#\s]*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
     """``text`` with the password of every URI in it replaced by ``***`` (``postgresql://user:***@host/db``)."""
-    if "@" not in text:
-        return text
-    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    if "@" in text:
+        text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    if "=" in text:
+        text = _QUERY_SECRET.sub(lambda m: f"{m['key']}***", text)
+    return text
 
 
 class RedactFilter(logging.Filter):

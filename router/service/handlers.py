@@ -24,7 +24,8 @@ import numpy as np
 from starlette.types import Receive, Send
 
 from router.core import Decision
-from router.service.decision_log import DecisionLog, DecisionLogError
+from router.service.decision_log import DecisionLog, DecisionLogError, DecisionLogUnavailable
+from router.service.decision_log import describe as describe_log
 from router.service.errors import ApiError, StartupError, one_line, redact
 from router.service.metrics import ServiceMetrics
 from router.service.microbatch import MicroBatcher
@@ -124,14 +125,19 @@ class Service:
         s = self.settings
         self._reload_lock = asyncio.Lock()
         try:
-            self.dlog = DecisionLog(
-                s.decision_log_path,
+            # opens (creates, migrates) the log off the event loop: a database may take its connect timeout
+            self.dlog = await asyncio.to_thread(
+                DecisionLog,
+                s.decision_log_target,
                 store_prompts=s.store_prompts,
                 on_drop=self.metrics.log_dropped.inc,
                 on_error=lambda kind: self.metrics.log_errors.labels(kind=kind).inc(),
+                retention_days=s.decision_retention_days,
             )
         except Exception as exc:
-            raise StartupError(f"cannot open the decision log {s.decision_log_path}: {one_line(exc)}") from exc
+            # DecisionLogUnavailable's message says what to check: keep it whole (one_line would cut it)
+            why = redact(str(exc)) if isinstance(exc, DecisionLogUnavailable) else one_line(exc)
+            raise StartupError(f"cannot open the decision log {describe_log(s.decision_log_target)}: {why}") from exc
         for kind in (*DecisionLog.ERROR_KINDS, "catalog"):  # exported at 0, so a rate() or alert sees the series
             self.metrics.log_errors.labels(kind=kind)
         self.model = await asyncio.to_thread(self.manager.load_initial)
@@ -139,8 +145,7 @@ class Service:
             await asyncio.to_thread(self._record_catalog, self.model)
         except Exception as exc:
             raise StartupError(
-                f"cannot write the catalog of {self.model.label} to the decision log {s.decision_log_path}: "
-                f"{one_line(exc)}"
+                f"cannot write the catalog of {self.model.label} to the decision log {self.dlog.where}: {one_line(exc)}"
             ) from exc
         self.metrics.set_model(self.model.label, self.model.degraded)
         self.dlog.start()
@@ -162,7 +167,7 @@ class Service:
             self.model.source,
             ", DEGRADED" if self.model.degraded else "",
             self.model.encoder,
-            s.decision_log_path,
+            self.dlog.where,
             "stored" if s.store_prompts else "hashed",
             "durable" if s.durable_feedback else "acknowledged before commit",
         )

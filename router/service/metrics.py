@@ -158,8 +158,8 @@ class ServiceMetrics:
         self.log_errors = Counter(
             "tierwise_decision_log_errors",
             "Decision-log write problems: row (the database refused one row), batch (a transaction failed after "
-            "retries), writer (the writer thread had stopped and was restarted), catalog (a reloaded model's "
-            "catalog could not be stored).",
+            "retries), writer (the writer thread had stopped and was restarted), prune (a retention batch failed), "
+            "catalog (a reloaded model's catalog could not be stored).",
             ("kind",),
             registry=r,
         )

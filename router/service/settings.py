@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from router.settings import HomeSettings
 
 STATE_DIR_ENV = "TIERWISE_SERVE_STATE_DIR"  # set by `tierwise serve`: a worker's start-up error lands there
+
+
+def _fspath(value: Any) -> Any:
+    """A path given from Python (``Path``) is taken as its text, as a path from the environment is."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 class ServiceSettings(HomeSettings):
@@ -37,7 +43,17 @@ class ServiceSettings(HomeSettings):
     poll_seconds: float = Field(
         0.0, ge=0, description="Check the model alias every N seconds and reload when it moves (0 = never)."
     )
-    decision_log: Path | None = Field(None, description="SQLite decision log (default: HOME/decisions.db).")
+    decision_log: Annotated[str | None, BeforeValidator(_fspath)] = Field(
+        None,
+        description="Decision log: a SQLite file path (default: HOME/decisions.db) or a database URL, e.g. "
+        "postgresql+psycopg://USER:PASSWORD@HOST:5432/DATABASE (one store for every replica).",
+    )
+    decision_retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="Delete decisions older than this many days (with all their feedback, even feedback recorded "
+        "later) and gateway calls older than it; the service checks hourly. Unset = keep everything.",
+    )
     store_prompts: bool = Field(
         False, description="Store prompt text in the decision log (needed to train on it); else a SHA-256 only."
     )
@@ -131,6 +147,14 @@ class ServiceSettings(HomeSettings):
         "neither: counted in each worker's memory).",
     )
     log_level: str = Field("info", description="uvicorn / tierwise log level.")
+    keep_alive_s: int = Field(
+        75,
+        ge=1,
+        le=3600,
+        description="How long an idle HTTP keep-alive connection stays open (uvicorn's own default is 5 s). Longer "
+        "than a load balancer's idle timeout (nginx upstream and cloud balancers: 60 s), so the balancer, not the "
+        "replica, closes idle connections: a request it sends as the replica closes one would fail.",
+    )
 
     @field_validator("log_level")
     @classmethod
@@ -141,8 +165,10 @@ class ServiceSettings(HomeSettings):
         return v
 
     @property
-    def decision_log_path(self) -> Path:
-        return (self.decision_log or self.home / "decisions.db").expanduser()
+    def decision_log_target(self) -> str:
+        """The decision log as configured: a path or a URL (``router.service.decision_log.store.resolve`` reads
+        it); HOME/decisions.db by default."""
+        return self.decision_log or str(self.home / "decisions.db")
 
     @property
     def last_good_root(self) -> Path:

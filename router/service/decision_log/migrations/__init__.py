@@ -1,0 +1,1 @@
+"""Alembic migrations of the decision log (run by :func:`router.service.decision_log.upgrade`)."""
