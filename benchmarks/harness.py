@@ -100,19 +100,21 @@ def run_wrk(url: str, script: Path, conc: int, duration: int) -> dict[str, float
 
 
 class RssSampler(threading.Thread):
-    """Samples the server's processes' RSS every 0.2 s; ``peak`` holds the largest seen."""
+    """Samples the server's processes' RSS every 0.2 s; ``peak`` holds the largest seen (of one process, or with
+    ``total`` of their sum in one sample)."""
 
-    def __init__(self, server: _HasProcesses) -> None:
+    def __init__(self, server: _HasProcesses, total: bool = False) -> None:
         super().__init__(daemon=True)
         self.server = server
+        self.total = total
         self.peak = 0
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         while not self.stop_event.is_set():
             try:
-                for p in self.server.processes():
-                    self.peak = max(self.peak, p.memory_info().rss)
+                rss = [p.memory_info().rss for p in self.server.processes()]
+                self.peak = max(self.peak, sum(rss) if self.total else max(rss, default=0))
             except Exception:  # noqa: BLE001 - a process gone between listing and reading it
                 pass
             self.stop_event.wait(0.2)

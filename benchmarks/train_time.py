@@ -3,7 +3,10 @@
     python benchmarks/train_time.py [--dataset routellm-mmlu] [--layouts linear,auto] [--repeat 2]
 
 Times ``fit_router`` only (data preparation and evaluation excluded): wall clock and process CPU seconds, which are
-less sensitive to other jobs on the machine. The first, untimed fit warms the embedding cache and the encoder.
+less sensitive to other jobs on the machine, and the fit's own phases (``FittedRouter.timings``: reading the cached
+embeddings, the structural features, model selection, the whole fit). The first, untimed fit warms the embedding
+cache and the encoder. For ``tierwise train`` end to end, cold and cached, from 10,000 to 100,000 prompts:
+``benchmarks/train_scale.py``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
             wall, cpu = time.perf_counter(), time.process_time()
             fitted = fit_router(prepared, TrainConfig(layout=layout), progress=False)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            print(f"{layout}: {wall:.1f} s wall, {cpu:.1f} s CPU, fitted layout {fitted.config.layout}", flush=True)
+            phases = ", ".join(f"{k} {v:.1f} s" for k, v in fitted.timings.items() if k != "embed_new_prompts")
+            print(
+                f"{layout}: {wall:.1f} s wall, {cpu:.1f} s CPU, fitted layout {fitted.config.layout} ({phases})",
+                flush=True,
+            )
             if fitted.selection is not None:
                 print(fitted.selection.to_markdown(), flush=True)
     return 0

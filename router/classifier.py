@@ -32,10 +32,12 @@ Everything is saved as text/JSON (LightGBM model strings, linear weights, calibr
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -58,6 +60,17 @@ GROUP_SHRINK = 10.0  # pseudo-observations pulling a group's success rate toward
 STACK_C = 1.0
 OOF_FOLDS = 3
 LINEAR_BAGS = 1  # default fits of the linear layout with different seeds, averaged (see TierClassifier)
+GROUP_FIT_ROWS = 20_000
+"""linear layout: the group model's P(group | prompt) (the multinomial logistic regression over the tasks, or
+k-means) learns from at most this many rows, a seeded sample stratified by task; every group's success rates still
+count every row. Its cost grows with rows x groups x iterations (about 4 of 5 minutes of a 25,000-prompt log's fit
+with 66 tasks went there), and more rows add little to a 66-way task classifier. Only logs with more fitted prompts
+than this are affected; every shared benchmark log has fewer than 10,000."""
+FIT_THREADS = max(1, min(4, os.cpu_count() or 1))
+"""Independent fits (the out-of-fold parts of the linear layout, one LightGBM model per tier and fold) run on this
+many threads, each with single-threaded BLAS / OpenMP: the same models as one after the other (each fit is
+deterministic), and on a shared machine far faster than BLAS's own threads, which spin while they wait for a core."""
+_T = TypeVar("_T")
 CalibrationKind = Literal["sigmoid", "isotonic", "none"]
 
 DEFAULT_LGBM_PARAMS: dict[str, Any] = {
@@ -240,7 +253,12 @@ class TierClassifier:
         return self
 
     def _fit_per_tier(self, X: np.ndarray, Y: np.ndarray, observed: np.ndarray) -> list[lgb.Booster | None]:
-        return [self._train(X[observed[:, t]], Y[observed[:, t], t], categorical=None) for t in range(self.n_tiers)]
+        """One LightGBM model per tier on the rows where the tier was observed, side by side (:func:`parallel_jobs`)."""
+        return parallel_jobs([partial(self._train_tier, X, Y, observed[:, t], t) for t in range(self.n_tiers)])
+
+    def _train_tier(self, X: np.ndarray, Y: np.ndarray, rows: np.ndarray, t: int) -> lgb.Booster | None:
+        """Tier ``t``'s LightGBM model on the ``rows`` (a mask)."""
+        return self._train(X[rows], Y[rows, t], categorical=None)
 
     def _per_tier_raw(self, boosters: Sequence[lgb.Booster | None], X: np.ndarray, **kw: Any) -> np.ndarray:
         out = np.empty((X.shape[0], self.n_tiers))
@@ -255,13 +273,17 @@ class TierClassifier:
         assert self.oof_proba_ is not None
         fold = np.random.default_rng(self.random_state).integers(0, OOF_FOLDS, size=X.shape[0])
         raw = np.tile(np.asarray(self.priors_, dtype=float), (X.shape[0], 1))
-        self.boosters_ = []
+        # every (fold, tier) model side by side, kept fold by fold
+        jobs = [
+            partial(self._train_tier, X, Y, (fold != j) & observed[:, t], t)
+            for j in range(OOF_FOLDS)
+            for t in range(self.n_tiers)
+        ]
+        self.boosters_ = parallel_jobs(jobs)
         for j in range(OOF_FOLDS):
-            a, b = fold != j, fold == j
-            fitted = self._fit_per_tier(X[a], Y[a], observed[a])
-            self.boosters_ += fitted
+            b = fold == j
             if b.any():
-                raw[b] = self._per_tier_raw(fitted, X[b])
+                raw[b] = self._per_tier_raw(self.boosters_[j * self.n_tiers : (j + 1) * self.n_tiers], X[b])
         self.blend_calibrators_ = [
             Calibrator.fit("sigmoid", raw[observed[:, t], t], Y[observed[:, t], t]) for t in range(self.n_tiers)
         ]
@@ -595,8 +617,12 @@ def _fit_group_model(
         g: np.ndarray = np.asarray(_task_labels(list(groups)))
         if np.unique(g).size >= 2:
             labels = g
+    sample = _group_sample(n, labels, seed)  # None: every row (logs up to GROUP_FIT_ROWS fitted prompts)
     if labels is not None:
-        lr = LogisticRegression(C=GROUP_C, max_iter=2000).fit(Z, labels)
+        if sample is None:
+            lr = LogisticRegression(C=GROUP_C, max_iter=2000).fit(Z, labels)
+        else:
+            lr = LogisticRegression(C=GROUP_C, max_iter=2000).fit(Z[sample], labels[sample])
         model: dict[str, Any] = {
             "kind": "task",
             "classes": [str(c) for c in lr.classes_],
@@ -609,9 +635,10 @@ def _fit_group_model(
 
         k = int(np.clip(round(np.sqrt(n / 4.0)), 1, 64))
         k = min(k, n)
-        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(Z)
+        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(Z if sample is None else Z[sample])
         model = {"kind": "centroids", "centroids": km.cluster_centers_.tolist()}
-        member = km.labels_[:, None] == np.arange(k)[None, :]
+        assigned = km.labels_ if sample is None else km.predict(Z)
+        member = assigned[:, None] == np.arange(k)[None, :]
     rates = []
     for j in range(member.shape[1]):
         y = Y[member[:, j]]
@@ -620,6 +647,36 @@ def _fit_group_model(
         rates.append((hits + group_shrink * priors) / (cnt + group_shrink))
     model["rates"] = np.clip(np.asarray(rates), 1e-4, 1 - 1e-4).tolist()
     return model
+
+
+def _group_sample(n: int, labels: np.ndarray | None, seed: int) -> np.ndarray | None:
+    """The rows the group model learns from when there are more than :data:`GROUP_FIT_ROWS` (else None): a seeded
+    sample, stratified by task when there are tasks (each task keeps its share, and at least one row)."""
+    if n <= GROUP_FIT_ROWS:
+        return None
+    rng = np.random.default_rng([seed, GROUP_FIT_ROWS])
+    if labels is None:
+        return np.sort(rng.choice(n, GROUP_FIT_ROWS, replace=False))
+    picked = []
+    for task in np.unique(labels):
+        rows = np.flatnonzero(labels == task)
+        take = max(1, round(rows.size * GROUP_FIT_ROWS / n))
+        picked.append(rng.choice(rows, take, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def parallel_jobs(jobs: Sequence[Callable[[], _T]]) -> list[_T]:
+    """Run ``jobs`` on up to :data:`FIT_THREADS` threads, BLAS and OpenMP limited to one thread each; their results
+    in order. Each job must be independent of the others (the fits here are, and each is deterministic)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        if FIT_THREADS == 1 or len(jobs) <= 1:
+            return [job() for job in jobs]
+        with ThreadPoolExecutor(max_workers=min(FIT_THREADS, len(jobs)), thread_name_prefix="tierwise-fit") as pool:
+            return list(pool.map(lambda job: job(), jobs))
 
 
 def task_names(values: Sequence[Any]) -> list[str | None]:
@@ -703,35 +760,49 @@ def _fit_linear(
     Z = _inputs(params, X)
     g = None if groups is None else np.array(_task_labels(list(groups)), dtype=object)
 
-    # out-of-fold component logits for the stackers
+    # out-of-fold component logits for the stackers; every fold's parts and the full-data parts fit side by side
     rng = np.random.default_rng(seed)
     fold = rng.integers(0, OOF_FOLDS, size=n)
     oof_prior = np.zeros(Y.shape)
     oof_named = np.zeros(Y.shape)
     oof_lin = np.zeros(Y.shape)
-    for j in range(OOF_FOLDS):
-        a, b = fold != j, fold == j
-        if b.sum() == 0 or a.sum() < 2:
-            continue
-        pr = np.clip(np.nan_to_num(np.nanmean(Y[a], axis=0), nan=0.5), 1e-4, 1 - 1e-4)
-        part = {
-            **params,
-            "group": _fit_group_model(Z[a], Y[a], None if g is None else g[a], pr, seed, group_shrink),
-        }
-        part["lr_coef"], part["lr_intercept"] = _fit_lr(Z[a], Y[a], pr)
+    folds = [j for j in range(OOF_FOLDS) if (fold == j).sum() > 0 and (fold != j).sum() >= 2]
+    fold_priors = {
+        j: np.clip(np.nan_to_num(np.nanmean(Y[fold != j], axis=0), nan=0.5), 1e-4, 1 - 1e-4) for j in folds
+    }
+    full_priors = np.clip(priors, 1e-4, 1 - 1e-4)
+    reuse_group = reuse is not None and reuse["group"]["kind"] == "task"
+
+    def fold_group(j: int) -> dict[str, Any]:
+        a = fold != j
+        return _fit_group_model(Z[a], Y[a], None if g is None else g[a], fold_priors[j], seed, group_shrink)
+
+    def fold_lr(j: int) -> tuple[np.ndarray, np.ndarray]:
+        a = fold != j
+        return _fit_lr(Z[a], Y[a], fold_priors[j])
+
+    jobs: dict[str, Callable[[], Any]] = {}  # the slowest first
+    if not reuse_group:
+        jobs["group"] = partial(_fit_group_model, Z, Y, g, full_priors, seed, group_shrink)
+    jobs.update({f"group{j}": partial(fold_group, j) for j in folds})
+    if reuse is None:
+        jobs["lr"] = partial(_fit_lr, Z, Y, full_priors)
+    jobs.update({f"lr{j}": partial(fold_lr, j) for j in folds})
+    done = dict(zip(jobs, parallel_jobs(list(jobs.values())), strict=True))
+    for j in folds:
+        b = fold == j
+        part = {**params, "group": done[f"group{j}"]}
+        part["lr_coef"], part["lr_intercept"] = done[f"lr{j}"]
         oof_prior[b], oof_lin[b] = _component_logits(part, Z[b])
         if g is not None and part["group"]["kind"] == "task":
             named = _named_rows(part["group"], list(g[b]), int(b.sum()))
             oof_named[b] = _logit(_prior_proba(part["group"], Z[b], named))
 
-    if reuse is not None and reuse["group"]["kind"] == "task":
-        params["group"] = reuse["group"]
-    else:
-        params["group"] = _fit_group_model(Z, Y, g, np.clip(priors, 1e-4, 1 - 1e-4), seed, group_shrink)
+    params["group"] = reuse["group"] if reuse is not None and reuse_group else done["group"]
     if reuse is not None:
         params["lr_coef"], params["lr_intercept"] = reuse["lr_coef"], reuse["lr_intercept"]
     else:
-        coef, icpt = _fit_lr(Z, Y, np.clip(priors, 1e-4, 1 - 1e-4))
+        coef, icpt = done["lr"]
         params["lr_coef"], params["lr_intercept"] = coef.tolist(), icpt.tolist()
     params["stack"] = _fit_stacker(oof_prior, oof_lin, Y, priors)
     if params["group"]["kind"] == "task":

@@ -25,7 +25,8 @@ def test_out_of_fold_fits_through_the_pipeline_without_the_test_split_or_the_fol
     lab = prepared.labelled
     split = lab.prompts["split"].to_numpy()
     fold = np.arange(len(lab)) % 3
-    oof = out_of_fold(prepared, TrainConfig(layout="linear"), fold)
+    config = TrainConfig(layout="linear", linear_bags=1)  # one fit per fold: the folds are under test, not bagging
+    oof = out_of_fold(prepared, config, fold)
     want = np.flatnonzero((split != "test") & lab.complete_rows)
     assert sorted(oof.rows.tolist()) == want.tolist()  # every complete non-test prompt once, no test prompt
     assert (lab.prompts["split"].to_numpy() == split).all()  # the caller's splits are untouched
@@ -35,19 +36,29 @@ def test_out_of_fold_fits_through_the_pipeline_without_the_test_split_or_the_fol
     alone = prepared.labelled.prompts.assign(split=np.where(held, "test", np.where(split == "test", "x", split)))
     prepared.labelled.prompts, kept = alone, prepared.labelled.prompts
     try:
-        fitted = fit_router(prepared, TrainConfig(layout="linear"), progress=False)
+        fitted = fit_router(prepared, config, progress=False)
     finally:
         prepared.labelled.prompts = kept
     assert not (fitted.fit_rows & (held | (split == "test"))).any()
     rows0 = oof.rows[oof.fold == 0]
-    np.testing.assert_allclose(oof.proba[oof.fold == 0], fitted.classifier.predict_proba(
-        fitted.features[rows0], groups=[None if pd.isna(t) else str(t) for t in lab.prompts["task"].iloc[rows0]]
-    ), atol=1e-12)
+    np.testing.assert_allclose(
+        oof.proba[oof.fold == 0],
+        fitted.classifier.predict_proba(
+            fitted.features[rows0], groups=[None if pd.isna(t) else str(t) for t in lab.prompts["task"].iloc[rows0]]
+        ),
+        atol=1e-12,
+    )
     # each fold's figure from the pipeline's evaluate equals the selection module's on the same prompts
     for k in range(3):
         m = oof.fold == k
-        sc = score_candidates({"default": oof.proba[m]}, oof.score[m], oof.cost[m], oof.acceptable[m],
-                              row_costs=oof.row_costs[m], n_boot=1)
+        sc = score_candidates(
+            {"default": oof.proba[m]},
+            oof.score[m],
+            oof.cost[m],
+            oof.acceptable[m],
+            row_costs=oof.row_costs[m],
+            n_boot=1,
+        )
         assert sc.gap_closed("default") == pytest.approx(oof.fold_gap_closed[k], abs=1e-9)
     with pytest.raises(ValueError, match="two folds"):
         out_of_fold(prepared, TrainConfig(), np.zeros(len(lab), int))

@@ -49,8 +49,13 @@ def store(work: Path) -> str:
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
     result = train(
-        demo_log(n_prompts=600), catalog=demo_catalog(), config=TrainConfig(n_estimators=50), register=MODEL,
-        tracking_uri=uri, progress=False,
+        # linear: what selection keeps on this log, without scoring the candidates
+        demo_log(n_prompts=600),
+        catalog=demo_catalog(),
+        config=TrainConfig(layout="linear"),
+        register=MODEL,
+        tracking_uri=uri,
+        progress=False,
     )
     assert result.promoted
     return uri
@@ -74,9 +79,17 @@ def kernel_env(store: str, work: Path) -> Iterator[None]:
         mp.setenv("MLFLOW_TRACKING_URI", store)
         mp.setenv("TIERWISE_NB_MODEL_URI", f"models:/{MODEL}@champion")
         mp.setenv("MPLBACKEND", "Agg")
-        for var in ("TIERWISE_TRACKING_URI", "TIERWISE_NB_DATA", "TIERWISE_NB_DECISIONS", "TIERWISE_NB_CATALOG",
-                    "TIERWISE_NB_SPLIT", "TIERWISE_NB_DEMO_PROMPTS", "TIERWISE_NB_FORMAT", "TIERWISE_NB_COLUMNS",
-                    "TIERWISE_NB_WHERE"):
+        for var in (
+            "TIERWISE_TRACKING_URI",
+            "TIERWISE_NB_DATA",
+            "TIERWISE_NB_DECISIONS",
+            "TIERWISE_NB_CATALOG",
+            "TIERWISE_NB_SPLIT",
+            "TIERWISE_NB_DEMO_PROMPTS",
+            "TIERWISE_NB_FORMAT",
+            "TIERWISE_NB_COLUMNS",
+            "TIERWISE_NB_WHERE",
+        ):
             mp.delenv(var, raising=False)
         assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
         yield
@@ -102,11 +115,7 @@ def _outputs(nb: nbformat.NotebookNode, containing: str | None = None) -> list[d
 
 
 def _count(outputs: list[dict], mime: str, needle: str | None = None) -> int:
-    return sum(
-        1
-        for o in outputs
-        if mime in o.get("data", {}) and (needle is None or needle in o["data"][mime])
-    )
+    return sum(1 for o in outputs if mime in o.get("data", {}) and (needle is None or needle in o["data"][mime]))
 
 
 def _text(outputs: list[dict]) -> str:
@@ -153,11 +162,21 @@ def test_savings_report_runs_on_decision_log(kernel_env: None, work: Path) -> No
         tier = cat.tiers[i % len(cat.tiers)]
         text = f"SYNTHETIC request {i}: " + "word " * (5 + 3 * i)
         dlog.record_decision(
-            request_id=f"req-{i}", endpoint="/v1/route", text=text, role="single", tier=tier.name,
-            tier_index=i % len(cat.tiers), model=tier.model, threshold=0.8, reason="cheapest_tier_meeting_threshold",
-            probabilities={t: 0.9 for t in cat.tier_names}, router_version=f"{MODEL}/1",
-            est_cost_usd=tier.price_usd(len(text) / 4, 200), est_top_cost_usd=top.price_usd(len(text) / 4, 200),
-            latency_ms=3.0, metadata={"task": ("chat", "code")[i % 2]},
+            request_id=f"req-{i}",
+            endpoint="/v1/route",
+            text=text,
+            role="single",
+            tier=tier.name,
+            tier_index=i % len(cat.tiers),
+            model=tier.model,
+            threshold=0.8,
+            reason="cheapest_tier_meeting_threshold",
+            probabilities={t: 0.9 for t in cat.tier_names},
+            router_version=f"{MODEL}/1",
+            est_cost_usd=tier.price_usd(len(text) / 4, 200),
+            est_top_cost_usd=top.price_usd(len(text) / 4, 200),
+            latency_ms=3.0,
+            metadata={"task": ("chat", "code")[i % 2]},
         )
     assert dlog.flush()
     dlog.close()

@@ -67,6 +67,13 @@ def test_run_logs_params_metrics_and_artifacts(trained, store: str) -> None:
         assert np.isfinite(run.data.metrics[f"selection_diff_lo_{c}"])
     assert run.data.tags["tierwise.selection"] == trained.selection.reason
     assert "aiq" in run.data.metrics
+    # phase timings (wall seconds): the phases add up to at most the total
+    times = {k: v for k, v in run.data.metrics.items() if k.startswith("time_")}
+    phases = ("prepare", "embed", "features", "fit", "evaluate", "log")
+    assert {f"time_{p}_s" for p in (*phases, "select", "total")} <= set(times) and min(times.values()) >= 0
+    assert sum(times[f"time_{p}_s"] for p in phases) <= times["time_total_s"] + 1e-6
+    assert times["time_select_s"] <= times["time_fit_s"] and trained.timings["total"] == times["time_total_s"]
+    assert run.data.metrics["embed_new_prompts"] >= 0
     paths = {a.path for a in client.list_artifacts(trained.run_id)}
     assert {"catalog.yaml", "labelled_summary.json", "plots", "evaluation.md", "selection.md"} <= paths
     evaluation = client.download_artifacts(trained.run_id, "evaluation.md")
@@ -111,19 +118,27 @@ def test_router_routes_with_a_task_the_caller_names(trained, store: str) -> None
         r.route_batch([p, p], tasks=["math"])
 
 
-def test_evaluation_passes_the_logged_task_unless_told_not_to() -> None:
+@pytest.fixture(scope="module")
+def demo_linear():
+    """The demo log and the pinned linear layout fitted on it (prepared, fitted), shared by two tests."""
+    from training.pipeline import fit_router
+
+    prepared = prepare_data(demo_log(), demo_catalog())
+    return prepared, fit_router(prepared, TrainConfig(layout="linear"), progress=False)
+
+
+def test_evaluation_passes_the_logged_task_unless_told_not_to(demo_linear) -> None:
     import dataclasses
 
     from training.evaluation import tasks_for
-    from training.pipeline import evaluate, fit_router
+    from training.pipeline import evaluate
 
-    prepared = prepare_data(demo_log(), demo_catalog())
+    prepared, fitted = demo_linear
     prompts = prepared.labelled.prompts
     tasks = tasks_for(prompts, TrainConfig().eval_known_task)
     assert tasks == prompts["task"].astype(str).tolist()
     assert tasks_for(prompts, TrainConfig(eval_known_task=False).eval_known_task) is None
     assert tasks_for(prompts.drop(columns="task"), True) is None
-    fitted = fit_router(prepared, TrainConfig(layout="linear"), progress=False)
     named = evaluate(prepared, fitted).metrics()
     predicted = evaluate(prepared, dataclasses.replace(fitted, config=TrainConfig(eval_known_task=False))).metrics()
     assert named["brier_ref_group_prior"] != predicted["brier_ref_group_prior"]
@@ -224,7 +239,7 @@ def test_worse_challenger_does_not_become_champion(trained, store: str) -> None:
 def test_no_promote_flag_keeps_champion(trained, store: str) -> None:
     result = train(
         demo_log(n_prompts=600, seed=5), catalog=demo_catalog(), register=NAME, tracking_uri=store,
-        config=TrainConfig(n_estimators=30), promote=False, progress=False,
+        config=TrainConfig(n_estimators=30, linear_bags=1), promote=False, progress=False,
     )
     assert not result.promoted and "disabled" in result.promotion_reason
     assert registry.alias_version(NAME, "champion", store) == "1"
@@ -240,7 +255,7 @@ def test_failed_run_leaves_registry_untouched(trained, store: str, monkeypatch: 
     monkeypatch.setattr(registry, "log_router_model", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         train(demo_log(n_prompts=400, seed=9), catalog=demo_catalog(), register=NAME, tracking_uri=store,
-              config=TrainConfig(n_estimators=10), progress=False)
+              config=TrainConfig(n_estimators=10, linear_bags=1), progress=False)
     after = {v.version for v in MlflowClient(tracking_uri=store).search_model_versions(f"name='{NAME}'")}
     assert after == before
     assert registry.alias_version(NAME, "champion", store) == champion
@@ -298,12 +313,11 @@ def test_small_logs_average_several_linear_fits() -> None:
     assert fitted.classifier.n_bags == SMALL_LOG_BAGS and len(fitted.classifier.linear_["bags"]) == SMALL_LOG_BAGS
 
 
-def test_default_linear_fit_uses_calibration_rows_and_an_out_of_fold_knob() -> None:
+def test_default_linear_fit_uses_calibration_rows_and_an_out_of_fold_knob(demo_linear) -> None:
     from training.pipeline import fit_router
 
-    prepared = prepare_data(demo_log(), demo_catalog())
+    prepared, fitted = demo_linear
     split = prepared.labelled.prompts["split"].to_numpy()
-    fitted = fit_router(prepared, TrainConfig(layout="linear"), progress=False)
     assert fitted.fit_rows is not None
     assert (fitted.fit_rows == ((split == "train") | (split == "calibration"))).all()
     assert "out-of-fold training prompts" in fitted.threshold_note
@@ -313,6 +327,28 @@ def test_default_linear_fit_uses_calibration_rows_and_an_out_of_fold_knob() -> N
     assert "calibration prompts" in old.threshold_note
     # test prompts are never fitted on, either way
     assert not (fitted.fit_rows & (split == "test")).any()
+
+
+def test_a_large_log_selects_on_a_sample_and_fits_the_choice_on_every_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
+    import router.classifier as clf_module
+    from training.pipeline import fit_router
+
+    prepared = prepare_data(demo_log(n_prompts=800), demo_catalog())
+    split = prepared.labelled.prompts["split"].to_numpy()
+    seen = (split == "train") | (split == "calibration")
+    monkeypatch.setattr(clf_module, "GROUP_FIT_ROWS", 150)  # the group model learns from a sample too
+    config = TrainConfig(selection_sample=200, candidates=["linear", "blend"], linear_bags=1, n_estimators=40)
+    fitted = fit_router(prepared, config, progress=False)
+    assert fitted.selection is not None and fitted.selection.n_prompts <= 200
+    assert f"seeded sample of 200 of the {int(seen.sum()):,} training prompts" in fitted.selection.reason
+    # the chosen layout is fitted on every training prompt, not on the sample
+    assert (fitted.fit_rows == seen).all() and fitted.classifier.oof_proba_.shape[0] == int(seen.sum())
+    group = fitted.classifier.linear_["bags"][0]["group"]
+    tasks = prepared.labelled.prompts["task"][seen].astype(str)
+    assert group["kind"] == "task" and set(group["classes"]) == set(tasks)  # every task kept in the sample
+    sample = clf_module._group_sample(1000, np.repeat(np.array(["a", "b", "rare"]), [600, 399, 1]), seed=0)
+    assert sample is not None and 149 <= sample.size <= 151 and 999 in sample  # stratified: the rare task stays
+    assert clf_module._group_sample(150, None, seed=0) is None  # up to the cap: every row
 
 
 def test_bundle_without_cost_model_uses_mean_costs(trained, store: str) -> None:
@@ -487,7 +523,7 @@ def test_retrain_from_feedback_export_through_the_cli(tmp_path: Path) -> None:
     from training.demo import write_demo_catalog, write_demo_log
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    common = ["--tracking-uri", store, "--register", "loop", "--config", '{"n_estimators": 30}', "-q"]
+    common = ["--tracking-uri", store, "--register", "loop", "--config", '{"n_estimators": 30, "linear_bags": 1}', "-q"]
     base_path = write_demo_log(tmp_path / "base.csv", n_prompts=400, seed=3)
     first = CliRunner().invoke(
         app, ["train", "--data", str(base_path), "--catalog", str(write_demo_catalog(tmp_path / "c.yaml")), *common]

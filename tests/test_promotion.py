@@ -23,6 +23,9 @@ from training.promotion import GateConfig, compare, gate_decision, paired_aiq_bo
 NAME = "tierwise-gate"
 TINY = Path(__file__).parent / "fixtures" / "demo_tiny_subset.csv"  # copy of ../shared/fixtures (see its README)
 CATALOG = Path(__file__).resolve().parents[1] / "models" / "catalog.yaml"
+# The gate is under test here, not per-log selection (tests/test_pipeline.py trains the default layout): selection
+# keeps linear on the demo log and on the tiny subset, so pinning it trains the same models without the candidates.
+LINEAR = TrainConfig(layout="linear")
 
 
 # --- the pure rule ------------------------------------------------------------------------------------------------
@@ -47,8 +50,15 @@ def test_gate_rule() -> None:
 
 def test_gate_config_refuses_nonsense() -> None:
     for bad in (
-        {"margin": math.inf}, {"margin": -0.1}, {"min_prompts": 0}, {"n_boot": 5}, {"confidence": 1.0},
-        {"margin": True}, {"min_prompts": True}, {"seed": True}, {"min_prompts": "200"},
+        {"margin": math.inf},
+        {"margin": -0.1},
+        {"min_prompts": 0},
+        {"n_boot": 5},
+        {"confidence": 1.0},
+        {"margin": True},
+        {"min_prompts": True},
+        {"seed": True},
+        {"min_prompts": "200"},
     ):
         with pytest.raises(ValueError):
             GateConfig(**bad)
@@ -108,7 +118,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def champion(store: str):
-    result = train(demo_log(), catalog=demo_catalog(), register=NAME, tracking_uri=store, progress=False)
+    result = train(demo_log(), catalog=demo_catalog(), register=NAME, tracking_uri=store, config=LINEAR, progress=False)
     assert result.promoted and result.promotion_reason == "no current champion"
     return result
 
@@ -116,8 +126,22 @@ def champion(store: str):
 def _train_tiny(store: str, *extra: str) -> tuple[str, str]:
     """``tierwise train`` on the tiny subset through the CLI: (output, the new version)."""
     res = CliRunner().invoke(
-        app, ["train", "--data", str(TINY), "--catalog", str(CATALOG), "--register", NAME, "--tracking-uri", store,
-              "--quiet", *extra],
+        app,
+        [
+            "train",
+            "--data",
+            str(TINY),
+            "--catalog",
+            str(CATALOG),
+            "--register",
+            NAME,
+            "--tracking-uri",
+            store,
+            "--config",
+            LINEAR.model_dump_json(include={"layout"}),
+            "--quiet",
+            *extra,
+        ],
     )
     assert res.exit_code == 0, res.output
     version = registry.alias_version(NAME, "challenger", store)
@@ -167,7 +191,9 @@ def test_tiny_model_loses_on_prompts_neither_model_fitted(champion, store: str) 
 
 def test_retraining_the_champion_config_on_the_same_log_ties_and_promotes(champion, store: str) -> None:
     try:
-        again = train(demo_log(), catalog=demo_catalog(), register=NAME, tracking_uri=store, progress=False)
+        again = train(
+            demo_log(), catalog=demo_catalog(), register=NAME, tracking_uri=store, config=LINEAR, progress=False
+        )
         assert again.gate is not None
         assert again.gate.n_prompts >= 200
         assert again.gate.delta == 0.0 and again.gate.ci_low == 0.0 == again.gate.ci_high
@@ -238,6 +264,13 @@ def test_a_run_that_fails_after_the_verdict_moves_no_alias(
 
     monkeypatch.setattr(mlflow, "set_tag", fail_late)
     with pytest.raises(RuntimeError, match="went away"):
-        train(demo_log(n_prompts=400, seed=3), catalog=demo_catalog(), register=NAME, tracking_uri=store,
-              progress=False, gate=GateConfig(force=True))
+        train(
+            demo_log(n_prompts=400, seed=3),
+            catalog=demo_catalog(),
+            register=NAME,
+            tracking_uri=store,
+            config=TrainConfig(layout="linear", linear_bags=1),
+            progress=False,
+            gate=GateConfig(force=True),
+        )
     assert {a: registry.alias_version(NAME, a, store) for a in ("champion", "challenger")} == before

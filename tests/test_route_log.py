@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from router.core import Router
+from router.log_format import text_prompt_id
 from router.offline.reader import PromptLog, PromptLogError
 from router.offline.route_log import _Decider, output_columns, route_log
 from router.service.decision_log import prompt_hash
@@ -83,7 +84,8 @@ def test_chunking_formats_and_include_prompt_change_nothing(
     routed: pd.DataFrame, router: Router, log: pd.DataFrame, work: Path
 ) -> None:
     """Tiny chunks (reading 13 rows, routing 7 prompts at a time) give the one-chunk decisions; a wide Parquet log
-    without ids gives the same decisions keyed by the hash, and --include-prompt adds the text."""
+    without ids gives the same decisions, its prompts named as training.readers names them, and --include-prompt
+    adds the text."""
     route_log(router, work / "log.csv", work / "small.parquet", chunk_size=7, read_rows=13)
     small = pd.read_parquet(work / "small.parquet")
     pd.testing.assert_frame_equal(small, routed, check_exact=False, atol=1e-9)
@@ -94,7 +96,7 @@ def test_chunking_formats_and_include_prompt_change_nothing(
     route_log(router, work / "wide.parquet", work / "wide_out.parquet", include_prompt=True, chunk_size=32)
     out = pd.read_parquet(work / "wide_out.parquet")
     assert list(out.columns) == output_columns(router.tiers, include_prompt=True)
-    assert out["prompt_id"].tolist() == [h[:16] for h in out["prompt_hash"]]
+    assert out["prompt_id"].tolist() == [text_prompt_id(p) for p in out["prompt"]]  # as tierwise train names them
     assert out["prompt"].tolist() == wide["prompt"].tolist()
     by_hash = routed.drop_duplicates("prompt_hash").set_index("prompt_hash")
     same = by_hash.loc[out["prompt_hash"]]

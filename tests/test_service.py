@@ -42,7 +42,7 @@ def store(work: Path) -> str:
     result = train(
         demo_log(n_prompts=600, seed=3),
         catalog=demo_catalog(),
-        config=TrainConfig(n_estimators=30),
+        config=TrainConfig(layout="linear"),  # what selection keeps on this log, without scoring the candidates
         register=NAME,
         tracking_uri=uri,
         progress=False,

@@ -4,6 +4,7 @@ registered pyfunc with the local engine's decisions."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,3 +161,17 @@ def test_spark_errors_name_the_file_and_column(spark: object, work: Path) -> Non
         read_prompts(spark, PromptLog(bad, {"prompt": "text"}))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not an MLflow model folder"):
         route_log_spark(spark, bad, work / "o", model_uri=str(FIXTURE_BUNDLE))  # type: ignore[arg-type]
+
+
+def test_spark_names_prompts_without_ids_as_training_does(spark: object, work: Path) -> None:
+    """A log without ids: Spark's prompt_id is text_prompt_id (SHA-1 of the UTF-8 text), the local engine's and
+    training.readers' id, also for non-ASCII text."""
+    from router.log_format import text_prompt_id
+    from router.offline.spark import distinct_prompts, read_prompts
+
+    lines = ['{"prompt": "Question one?"}', '{"prompt": "naïve café ✓ 数学"}', '{"prompt": "Question one?"}']
+    lines.append('{"prompt": "a lone \\ud800 surrogate"}')  # no UTF-8 for it: '?' on both sides
+    (work / "no_ids.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    texts = [json.loads(line)["prompt"] for line in lines]
+    rows = distinct_prompts(read_prompts(spark, PromptLog(work / "no_ids.jsonl"))).collect()  # type: ignore[arg-type]
+    assert sorted(r["prompt_id"] for r in rows) == sorted({text_prompt_id(t) for t in texts})

@@ -55,15 +55,21 @@ def test_fit_variant_uses_the_variants_config_and_encoder() -> None:
     built: list[Scaled] = []
 
     def factory(config: TrainConfig) -> Scaled:
-        inner = build_encoder(config.encoder, threads=1, max_tokens=config.encoder_max_tokens,
-                              head_tokens=config.encoder_head_tokens, layers=config.encoder_layers)
+        inner = build_encoder(
+            config.encoder,
+            threads=1,
+            max_tokens=config.encoder_max_tokens,
+            head_tokens=config.encoder_head_tokens,
+            layers=config.encoder_layers,
+        )
         built.append(Scaled(inner))
         return built[-1]
 
-    v = Variant("scaled-linear", {"layout": "linear"}, factory)
+    v = Variant("scaled-linear", {"layout": "linear", "linear_bags": 1}, factory)  # one fit: bagging is not tested
     fitted = fit_variant(prepared, v)
     assert len(built) == 1 and fitted.encoder is built[0]
-    plain = fit_router(prepared, TrainConfig(layout="linear"), progress=False)
+    plain = fit_router(prepared, TrainConfig(layout="linear", linear_bags=1), progress=False)
     n_emb = plain.embeddings.shape[1]
     np.testing.assert_allclose(fitted.embeddings, 2.0 * plain.embeddings, rtol=1e-5, atol=1e-6)
-    assert fitted.config.layout == "linear" and fitted.features.shape[1] == plain.features.shape[1] >= n_emb
+    assert fitted.config.layout == "linear" and fitted.classifier.n_bags == 1
+    assert fitted.features.shape[1] == plain.features.shape[1] >= n_emb

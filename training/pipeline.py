@@ -10,12 +10,14 @@ The stages are separate functions so benchmarks and notebooks can run them witho
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -29,7 +31,7 @@ from router.catalog import Catalog
 from router.classifier import GROUP_SHRINK, LINEAR_BAGS, LINEAR_LAYOUTS, CalibrationKind, Layout, TierClassifier
 from router.cost_model import CostModel
 from router.defaults import DECISION_RULE, DecisionRule, default_calibration
-from router.encoders import LayerChoice
+from router.encoders import Encoder, LayerChoice
 from router.features import FEATURE_NAMES, structural_features
 from router.numbers import Integer, Number
 from router.pricing import DEFAULT_CHARS_PER_TOKEN
@@ -62,6 +64,15 @@ SELECTION_FALLBACK: Candidate = "linear"
 """The candidate kept unless another one wins beyond noise: the best on every shared log, out of fold."""
 MIN_SELECTION_PROMPTS = 100
 """Fewer complete out-of-fold prompts than this: no selection, the fallback (AIQ on fewer is mostly noise)."""
+SELECTION_SAMPLE = 20_000
+"""Per-log model selection on a large log scores the candidates on a seeded sample of this many fitted prompts
+(``TrainConfig.selection_sample``); the chosen layout is then fitted on all of them. Every shared benchmark log has
+fewer (the largest, MMLU, fits 9,815), so their selections are unchanged; on 100,000 prompts the blend fit behind
+the selection would otherwise cost several minutes (docs/benchmarks.md, "Training at scale")."""
+KNN_REFERENCE_PROMPTS = 20_000
+"""The kNN baseline of the evaluation looks for neighbours among at most this many training prompts (a seeded
+sample above it): its cost is test prompts x reference prompts. Only the baseline's figures change, never the
+router's; every shared benchmark log has fewer training prompts."""
 
 
 class TrainConfig(BaseModel):
@@ -103,6 +114,12 @@ class TrainConfig(BaseModel):
         "AIQ difference to the fallback is >= 0 (one-sided level).",
     )
     selection_boot: Integer = Field(N_BOOT, ge=1, le=10_000, description="layout auto: paired bootstrap resamples.")
+    selection_sample: Integer = Field(
+        SELECTION_SAMPLE,
+        ge=MIN_SELECTION_PROMPTS,
+        description="layout auto: on a log with more fitted (non-test) prompts than this, the candidates are scored "
+        "out of fold on a seeded sample of this many of them; the chosen layout is then fitted on every one.",
+    )
     group_shrink: Number = Field(
         GROUP_SHRINK,
         ge=0,
@@ -232,6 +249,12 @@ class FittedRouter:
     selection: Selection | None = None
     """Per-log model selection's figures and choice (``layout="auto"``); ``config.layout`` is the chosen layout."""
 
+    timings: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of :func:`fit_router`'s phases: ``embed`` (the vectors), ``features`` (the structural features),
+    ``fit`` (everything after them: selection, the final fit and the knob) and ``select`` (part of ``fit``), plus
+    ``embed_new_prompts`` (prompts the embedding cache did not hold). :func:`train` adds its own phases and logs them
+    as ``time_<phase>_s`` metrics."""
+
     def decision_info(self) -> dict[str, Any]:
         """What the bundle stores so that serving applies the same rule (``BundleMeta.training``)."""
         return {
@@ -269,6 +292,8 @@ class TrainResult:
     """What the promotion gate measured (comparison prompts, AIQ difference and its interval) and decided."""
     selection: Selection | None = None
     """Per-log model selection's candidates, figures and choice (``layout="auto"``)."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per phase, as logged to the run (:func:`timing_metrics`)."""
 
     @property
     def model_uri(self) -> str:
@@ -494,14 +519,67 @@ def prepare_data(
 # Stage 2: fit
 # --------------------------------------------------------------------------------------------------------------
 def build_features(
-    encoder: Any, prompts: list[str], roles: list[str | None], structural: bool, progress: bool = True
+    encoder: Any,
+    prompts: list[str],
+    roles: list[str | None],
+    structural: bool,
+    progress: bool = True,
+    stats: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(features, embeddings) for a list of prompts, with embeddings served from the on-disk cache."""
+    """(features, embeddings) for a list of prompts, with embeddings served from the on-disk cache.
+
+    ``stats``: filled with ``embed_new_prompts`` (prompts the cache did not hold, now embedded) and the wall
+    seconds of ``embed`` (the vectors) and ``features`` (the structural features)."""
     from training.embedding_cache import EmbeddingCache
 
-    emb = EmbeddingCache.default().embed(encoder, prompts, progress=progress)
-    parts = [emb] + ([structural_features(prompts, roles)] if structural else [])
+    start = time.perf_counter()
+    cache = EmbeddingCache.default()
+    emb = cache.embed(encoder, prompts, progress=progress)
+    done = time.perf_counter()
+    parts = [emb] + ([_structural_features(prompts, roles)] if structural else [])
+    if stats is not None:
+        stats.update(embed_new_prompts=float(cache.last_misses), embed=done - start)
+        stats["features"] = time.perf_counter() - done
     return np.hstack(parts).astype(np.float32), emb
+
+
+PARALLEL_FEATURES_PROMPTS = 20_000
+"""From this many prompts on, :func:`build_features` computes the structural features (pure Python, about 0.2 ms a
+prompt) in :data:`router.classifier.FIT_THREADS` processes; below, starting a process costs more than it saves."""
+
+
+def _structural_features(prompts: list[str], roles: list[str | None]) -> np.ndarray:
+    """:func:`router.features.structural_features`, split between processes on long lists (the same rows)."""
+    from router.classifier import FIT_THREADS
+
+    n = len(prompts)
+    if n < PARALLEL_FEATURES_PROMPTS or FIT_THREADS < 2:
+        return structural_features(prompts, roles)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    bounds = np.linspace(0, n, FIT_THREADS + 1).astype(int)
+    context = multiprocessing.get_context("spawn")  # the training process has threads (onnxruntime): never fork
+    with ProcessPoolExecutor(FIT_THREADS - 1, mp_context=context) as pool:
+        spans = zip(bounds[1:-1], bounds[2:], strict=True)
+        rest = [pool.submit(structural_features, prompts[a:b], roles[a:b]) for a, b in spans]
+        first = structural_features(prompts[: bounds[1]], roles[: bounds[1]])
+        return np.vstack([first, *(f.result() for f in rest)])
+
+
+def encoder_for(config: TrainConfig | None = None) -> Encoder:
+    """The encoder training embeds with: ``config``'s encoder, token window and layers (two threads: two
+    single-threaded calls in parallel; same vectors). :func:`fit_router` and ``tierwise featurize`` build it here."""
+    from router.encoders import build_encoder
+
+    config = config or TrainConfig()
+    return build_encoder(
+        config.encoder,
+        threads=2,
+        max_tokens=config.encoder_max_tokens,
+        head_tokens=config.encoder_head_tokens,
+        layers=config.encoder_layers,
+    )
 
 
 def fit_router(
@@ -517,22 +595,18 @@ def fit_router(
     :mod:`training.variants`; such a router is not saveable unless :func:`router.encoders.load_encoder` can
     rebuild the encoder from its spec).
     """
-    from router.encoders import build_encoder
-
     config = config or TrainConfig()
     cfg = config  # narrowed for the closure below
     lab = prepared.labelled
     if encoder is None:
-        encoder = build_encoder(  # two single-threaded calls in parallel; same vectors
-            config.encoder,
-            threads=2,
-            max_tokens=config.encoder_max_tokens,
-            head_tokens=config.encoder_head_tokens,
-            layers=config.encoder_layers,
-        )
+        encoder = encoder_for(config)
     p = lab.prompts
     roles = [None if pd.isna(r) else str(r) for r in p["role"]]
-    X, emb = build_features(encoder, p["prompt"].astype(str).tolist(), roles, config.structural_features, progress)
+    timings: dict[str, float] = {}
+    X, emb = build_features(
+        encoder, p["prompt"].astype(str).tolist(), roles, config.structural_features, progress, stats=timings
+    )
+    start = time.perf_counter()
 
     split = p["split"].to_numpy()
     tr, ca = split == "train", split == "calibration"
@@ -550,6 +624,7 @@ def fit_router(
     selection = None
     if config.layout == "auto":
         config, clf, selection = _select_layout(prepared, config, X, emb.shape[1], prices)
+        timings["select"] = time.perf_counter() - start
     else:
         clf = None
     # The linear and blend layouts without calibration learn from the calibration prompts too and pick the knob on
@@ -569,10 +644,11 @@ def fit_router(
     knob = {**prices(knob_rows), "sample": sample}
     threshold, note = choose_threshold(proba_knob, score, cost, config.quality_target, **knob)
     log.info("default threshold %.4f (%s rule): %s", threshold, config.decision_rule, note)
+    table = threshold_table(proba_knob, score, cost, **knob)
+    timings["fit"] = time.perf_counter() - start
     return FittedRouter(
         prepared.catalog, config, encoder, clf, threshold, note, X, emb, config.decision_rule, tier_costs,
-        threshold_table=threshold_table(proba_knob, score, cost, **knob), cost_model=cost_model, fit_rows=fit,
-        selection=selection,
+        threshold_table=table, cost_model=cost_model, fit_rows=fit, selection=selection, timings=timings,
     )
 
 
@@ -637,22 +713,39 @@ def _select_layout(
         return config.model_copy(update={"layout": chosen}), None, record
     blend_config = config.model_copy(update={"layout": "blend"})
     log.info("model selection among %s (fallback %s)", ", ".join(candidates), fallback)
-    blended = _fit_classifier(prepared, blend_config, X, n_embedding, seen)
+    fitted = seen
+    n_seen = int(seen.sum())
+    if n_seen > config.selection_sample:  # a large log: score the candidates on a sample (SELECTION_SAMPLE)
+        fitted = sample_rows(seen, config.selection_sample, config.seed)
+        rows = fitted & lab.complete_rows
+        log.info("model selection on a seeded sample of %d of the %d training prompts", config.selection_sample, n_seen)
+    blended = _fit_classifier(prepared, blend_config, X, n_embedding, fitted)
     assert blended.oof_proba_ is not None
     oof = {"linear": blended.component_oof_["linear"], "per_tier": blended.component_oof_["per_tier"],
            "blend": blended.oof_proba_}
-    sub = rows[seen]  # complete rows among the fitted ones (the out-of-fold matrices' rows)
+    sub = rows[fitted]  # complete rows among the fitted ones (the out-of-fold matrices' rows)
     scores = score_candidates(
         {c: oof[c][sub] for c in candidates}, lab.score[rows], lab.cost[rows], lab.acceptable[rows] > 0.5,
         n_boot=config.selection_boot, seed=config.seed, **prices(rows),
     )
     selection = scores.select(fallback, level=config.selection_level)
+    if fitted is not seen:
+        note = f" (scored on a seeded sample of {config.selection_sample:,} of the {n_seen:,} training prompts)"
+        selection = dataclasses.replace(selection, reason=selection.reason + note)
     log.info("model selection: %s (%s)", selection.chosen, selection.reason)
     chosen_config = config.model_copy(update={"layout": selection.chosen})
     clf = None
-    if _oof_knob(chosen_config):  # the chosen layout is fitted on the same rows as the blend: reuse its fit
+    if fitted is seen and _oof_knob(chosen_config):  # fitted on the same rows as the blend: reuse its fit
         clf = {"blend": blended, "linear": blended.linear_part()}.get(selection.chosen)
     return chosen_config, clf, selection
+
+
+def sample_rows(mask: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A boolean mask of ``size`` rows drawn (seeded, without replacement) from the true rows of ``mask``."""
+    rows = np.flatnonzero(mask)
+    out = np.zeros_like(mask, dtype=bool)
+    out[np.random.default_rng([seed, size]).choice(rows, min(size, rows.size), replace=False)] = True
+    return out
 
 
 QUALITY_TARGETS = (0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0)
@@ -696,7 +789,6 @@ def evaluate(
     ``proba_test``: probabilities to score instead of the router's own (research probes); ``eval_set``: the
     :func:`heldout_set` when the caller has built it already.
     """
-    from training.baselines import knn_proba
     from training.evaluation import evaluate_model
     from training.metrics import threshold_curve, utility_curve
 
@@ -708,7 +800,9 @@ def evaluate(
     te = es.rows
     router = fitted.as_router()
     tr = lab.prompts["split"].to_numpy() == "train" if fitted.fit_rows is None else fitted.fit_rows
-    knn = knn_proba(fitted.embeddings[tr], lab.acceptable[tr], fitted.embeddings[te], k=fitted.config.knn_k)
+    if int(tr.sum()) > KNN_REFERENCE_PROMPTS:
+        tr = sample_rows(tr, KNN_REFERENCE_PROMPTS, fitted.config.seed)
+    knn = _knn_baseline(fitted.embeddings[tr], lab.acceptable[tr], fitted.embeddings[te], fitted.config.knn_k)
     # the kNN baseline routes with the same decision rule (and prices) as the router
     if router.decision_rule == "utility":
         knn_curve = utility_curve(knn, es.score, es.cost, router.tier_costs, row_costs=router.row_costs(es.prompts))
@@ -718,6 +812,19 @@ def evaluate(
         router, es, features=fitted.features[te], proba=proba_test,
         extra_curves={"knn": (knn_curve["cost"].to_numpy(), knn_curve["quality"].to_numpy())},
     )
+
+
+def _knn_baseline(train_emb: np.ndarray, outcome: np.ndarray, test_emb: np.ndarray, k: int) -> np.ndarray:
+    """:func:`training.baselines.knn_proba`, the test prompts split between :data:`router.classifier.FIT_THREADS`
+    threads (each row's neighbours do not depend on the other rows, so the result is the same)."""
+    from functools import partial
+
+    from router.classifier import FIT_THREADS, parallel_jobs
+    from training.baselines import knn_proba
+
+    parts = np.array_split(np.arange(test_emb.shape[0]), max(1, min(FIT_THREADS, test_emb.shape[0] // 2048)))
+    jobs = [partial(knn_proba, train_emb, outcome, test_emb[rows], k=k) for rows in parts]
+    return np.vstack(parallel_jobs(jobs))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -776,12 +883,18 @@ def train(
 
     config = config or TrainConfig()
     gate = gate or GateConfig()
+    started = time.perf_counter()
     turi = registry.configure(tracking_uri)
     prepared = prepare_data(data, catalog, log_options, config=config)
+    timings = {"prepare": time.perf_counter() - started}
     fitted = fit_router(prepared, config, progress=progress)
+    timings.update(fitted.timings)
     # the test prompts: the run's evaluation and the gate's comparison prompts (the challenger never fitted on them)
+    start = time.perf_counter()
     comparison = heldout_set(prepared, config)
     report = evaluate(prepared, fitted, eval_set=comparison)
+    timings["evaluate"] = time.perf_counter() - start
+    start = time.perf_counter()
     metrics = report.metrics() if report is not None else {}
     metrics = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
     metrics["default_threshold"] = fitted.threshold
@@ -839,12 +952,47 @@ def train(
                 registry.set_alias(register, registry.CHALLENGER, version, turi)
                 if verdict.promote:
                     registry.promote(register, version, turi)
+            timings["log"] = time.perf_counter() - start
+            timings["total"] = time.perf_counter() - started
+            mlflow.log_metrics(timing_metrics(timings))
+            log.info("timings: %s", describe_timings(timings))
             return TrainResult(
                 run.info.run_id, version, register, metrics, verdict.promote, verdict.reason, fitted.threshold,
-                turi, prepared.warnings, verdict, selection,
+                turi, prepared.warnings, verdict, selection, timings,
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def timing_metrics(timings: dict[str, float]) -> dict[str, float]:
+    """MLflow metrics of a run's phase timings: ``time_<phase>_s`` (wall seconds: ``prepare`` reading, pricing and
+    labelling the log; ``embed`` the vectors (from the cache or the encoder); ``features`` the structural features;
+    ``fit``, of which ``select`` is per-log model selection; ``evaluate``; ``log`` writing the bundle, plots, the
+    MLflow model, registration and the gate; ``total``), ``embed_new_prompts`` and ``embed_prompts_per_s`` (new
+    prompts embedded per second, when any)."""
+    out = {f"time_{k}_s": float(v) for k, v in timings.items() if k != "embed_new_prompts"}
+    new = timings.get("embed_new_prompts")
+    if new is not None:
+        out["embed_new_prompts"] = float(new)
+        if new > 0 and timings.get("embed", 0.0) > 0:
+            out["embed_prompts_per_s"] = float(new) / timings["embed"]
+    return out
+
+
+def describe_timings(timings: dict[str, float]) -> str:
+    """One line: each phase's wall seconds (and the embedding rate)."""
+    parts = []
+    for key in ("prepare", "embed", "features", "fit", "evaluate", "log", "total"):
+        if key not in timings:
+            continue
+        text = f"{key} {timings[key]:.1f} s"
+        new = timings.get("embed_new_prompts", 0.0)
+        if key == "embed" and new > 0 and timings[key] > 0:
+            text += f" ({int(new):,} new prompts, {new / timings[key]:.0f}/s)"
+        if key == "fit" and "select" in timings:
+            text += f" (model selection {timings['select']:.1f} s)"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def heldout_set(prepared: PreparedData, config: TrainConfig) -> EvalSet:

@@ -36,8 +36,13 @@ wide logs, the ``model`` and ``score`` columns) before values are checked, so it
 
 Wide logs (one row per prompt, one column per model and measure) name their columns with patterns such as
 ``score__{model}``; models are discovered from the columns that match ``score_pattern``. A wide log without a
-``prompt_id`` column gets ``prompt_id`` = the first 16 hex digits of the SHA-1 of the prompt text (stable across
-runs and row orders; identical prompt texts share an id, so their rows count as repeated attempts).
+``prompt_id`` column gets ``prompt_id`` = the first 16 hex digits of the SHA-1 of the prompt text
+(:func:`router.log_format.text_prompt_id`: stable across runs and row orders; identical prompt texts share an id, so
+their rows count as repeated attempts; ``tierwise route-log`` names prompts without ids the same way).
+
+The rules this reader shares with ``tierwise route-log``'s reader and the decision log's export (extensions, CSV
+missing values, renames, ``where``, JSON records, blank text, whole-number ids, the prompt id) are in
+:mod:`router.log_format`.
 
 Errors are :class:`LogValidationError` and name the file, the column and up to 5 offending rows. Row numbers are
 the file's 1-based data records (the CSV header is not counted; for JSON Lines, blank lines are not counted); for an
@@ -46,9 +51,6 @@ in-memory DataFrame they are its index labels.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import json
 import os
 import re
 from collections.abc import Iterable
@@ -62,6 +64,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from router.decision import ROLES  # one list of roles for logs, routing and serving
 from router.limits import ATTEMPT_LIMITS  # one table of bounds for logs, the feedback API and the decision log
+from router.log_format import (  # one set of log file rules for training, route-log and the decision log's export
+    CANONICAL_COLUMNS,
+    MAX_SAMPLE,
+    SUPPORTED_EXTENSIONS,
+    apply_where,
+    check_rename_targets,
+    check_renames,
+    column_label,
+    csv_na_values,
+    is_blank,
+    json_array_records,
+    json_line_record,
+    list_columns,
+    open_text,
+    source_names,
+    text_prompt_id,
+    whole_numbers_as_int,
+)
 
 __all__ = [
     "ATTEMPT_LIMITS",
@@ -81,20 +101,6 @@ __all__ = [
 REQUIRED_COLUMNS = ("prompt_id", "prompt", "model")
 STRING_COLUMNS = ("prompt_id", "prompt", "model", "task", "role", "split")
 NUMERIC_COLUMNS = ("cost_usd", "input_tokens", "output_tokens", "latency_ms")
-CANONICAL_COLUMNS = (
-    "prompt_id",
-    "prompt",
-    "model",
-    "score",
-    "cost_usd",
-    "input_tokens",
-    "output_tokens",
-    "latency_ms",
-    "task",
-    "role",
-    "split",
-    "timestamp",
-)
 SPLITS = ("train", "calibration", "test")
 SPLIT_ALIASES: dict[str, str] = {
     "train": "train",
@@ -106,16 +112,15 @@ SPLIT_ALIASES: dict[str, str] = {
     "dev": "calibration",
     "calib": "calibration",
 }
-SUPPORTED_EXTENSIONS = (".csv", ".csv.gz", ".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz", ".json", ".parquet", ".pq")
-# pandas' default missing-value markers (read_csv); applied to every CSV column except the text columns.
-_CSV_NA_VALUES = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
-                  "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 _TRUE = {"true", "t", "yes", "y", "1", "1.0"}
 _FALSE = {"false", "f", "no", "n", "0", "0.0"}
 _ROW = "__tierwise_row__"  # hidden column: the source row number of each record
-_MAX_SAMPLE = 5
 _PATTERN_FIELDS = (
-    "score_pattern", "cost_pattern", "input_tokens_pattern", "output_tokens_pattern", "latency_ms_pattern"
+    "score_pattern",
+    "cost_pattern",
+    "input_tokens_pattern",
+    "output_tokens_pattern",
+    "latency_ms_pattern",
 )
 _PATTERN_TARGET = {
     "score_pattern": "score",
@@ -174,10 +179,7 @@ class LogOptions(BaseModel):
         for src, dst in value.items():
             if not src.strip() or not dst.strip():
                 raise ValueError(f"empty column name in rename {src!r} -> {dst!r}")
-        targets = list(value.values())
-        dupes = sorted({t for t in targets if targets.count(t) > 1})
-        if dupes:
-            raise ValueError(f"several columns renamed to the same name: {', '.join(dupes)}")
+        check_rename_targets(value)
         return value
 
     @field_validator(*_PATTERN_FIELDS)
@@ -275,8 +277,7 @@ def _extension(p: Path) -> str:
 
 def _string_source_columns(opts: LogOptions) -> set[str]:
     """Source column names that hold canonical string columns (read as text, only '' counts as missing)."""
-    inverse = {dst: src for src, dst in opts.columns.items()}
-    return {inverse.get(c, c) for c in STRING_COLUMNS}
+    return source_names(opts.columns, STRING_COLUMNS)
 
 
 def _read_table(p: Path, src: str, string_columns: set[str]) -> pd.DataFrame:
@@ -307,22 +308,18 @@ def _read_table(p: Path, src: str, string_columns: set[str]) -> pd.DataFrame:
 
 
 def _read_text(p: Path) -> str:
-    if p.name.lower().endswith(".gz"):
-        with gzip.open(p, "rt", encoding="utf-8") as fh:
-            return fh.read()
-    return p.read_text(encoding="utf-8")
+    with open_text(p) as fh:
+        return fh.read()
 
 
 def _read_csv(p: Path, string_columns: set[str]) -> pd.DataFrame:
     header = pd.read_csv(p, nrows=0).columns
     text_cols = [c for c in header if c in string_columns]
-    # Text columns: only the empty field is missing (a prompt may legitimately read "NA" or "None").
-    na_values = {c: ([""] if c in text_cols else list(_CSV_NA_VALUES)) for c in header}
     return pd.read_csv(
         p,
         dtype={c: "str" for c in text_cols},
         keep_default_na=False,
-        na_values=na_values,
+        na_values=csv_na_values(header, text_cols),
         low_memory=False,
     )
 
@@ -333,13 +330,7 @@ def _iter_json_lines(text: str, src: str) -> Iterable[dict[str, Any]]:
         if not line.strip():
             continue
         n += 1
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LogValidationError(f"{src}: line {lineno} is not valid JSON: {exc.msg}") from exc
-        if not isinstance(rec, dict):
-            raise LogValidationError(f"{src}: line {lineno}: expected a JSON object, got {type(rec).__name__}")
-        yield rec
+        yield json_line_record(line, lineno, source=src, error=LogValidationError)
 
 
 def _records_frame(records: Iterable[dict[str, Any]], src: str) -> pd.DataFrame:
@@ -353,16 +344,7 @@ def _read_json(p: Path, src: str) -> pd.DataFrame:
     text = _read_text(p)
     stripped = text.lstrip()
     if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LogValidationError(f"{src}: not valid JSON (line {exc.lineno}): {exc.msg}") from exc
-        bad = [i + 1 for i, rec in enumerate(data) if not isinstance(rec, dict)]
-        if bad:
-            raise LogValidationError(
-                f"{src}: JSON array elements must be objects; rows {', '.join(map(str, bad[:_MAX_SAMPLE]))} are not"
-            )
-        return _records_frame(data, src)
+        return _records_frame(json_array_records(text, source=src, error=LogValidationError), src)
     return _records_frame(_iter_json_lines(text, src), src)
 
 
@@ -390,28 +372,14 @@ class _Context:
                 pattern = getattr(opts, fname)
                 if target == column and pattern is not None:
                     return f"column {pattern.replace('{model}', model)!r} ({column} of model {model!r})"
-        inverse = {dst: s for s, dst in opts.columns.items()}
-        if column in inverse:
-            return f"column {inverse[column]!r} (renamed to {column!r})"
-        return f"column {column!r}"
+        return column_label(opts.columns, column)
 
 
 def _rename(df: pd.DataFrame, ctx: _Context) -> pd.DataFrame:
     renames = ctx.options.columns
     if not renames:
         return df
-    missing = [s for s in renames if s not in df.columns]
-    if missing:
-        raise LogValidationError(
-            f"{ctx.src}: column(s) {', '.join(map(repr, missing))} named in the rename map are not in the file; "
-            f"columns present: {_list_columns(df)}"
-        )
-    clashes = [d for s, d in renames.items() if d in df.columns and d not in renames]
-    if clashes:
-        raise LogValidationError(
-            f"{ctx.src}: renaming would create duplicate column(s) {', '.join(map(repr, clashes))} "
-            f"(already in the file); rename or drop the existing one(s) too"
-        )
+    check_renames(renames, df.columns, source=ctx.src, error=LogValidationError, present=_list_columns(df))
     return df.rename(columns=renames)
 
 
@@ -470,14 +438,9 @@ def _wide_to_long(df: pd.DataFrame, ctx: _Context) -> pd.DataFrame:
     for target, cols in measures.items():
         out[target] = _stack_measure(df, cols)
     if "prompt_id" not in out.columns and "prompt" in out.columns:
-        ids = df["prompt"].map(_prompt_hash)
+        ids = df["prompt"].map(text_prompt_id)
         out.insert(0, "prompt_id", pd.array(np.repeat(ids.to_numpy(dtype=object), k), dtype="str"))
     return out
-
-
-def _prompt_hash(text: object) -> str:
-    s = "" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
-    return hashlib.sha1(s.encode("utf-8")).hexdigest()[:16]
 
 
 def _stack_measure(df: pd.DataFrame, cols: list[str | None]) -> np.ndarray:
@@ -506,18 +469,7 @@ def _restrict_models(df: pd.DataFrame, ctx: _Context) -> pd.DataFrame:
 
 
 def _apply_where(df: pd.DataFrame, ctx: _Context) -> pd.DataFrame:
-    expr = ctx.options.where
-    if expr is None:
-        return df
-    try:
-        out = df.query(expr)
-    except Exception as exc:  # query raises many kinds (SyntaxError, UndefinedVariableError, TypeError, ...)
-        raise LogValidationError(
-            f"{ctx.src}: where={expr!r} failed: {type(exc).__name__}: {exc}; columns present: {_list_columns(df)}"
-        ) from exc
-    if not isinstance(out, pd.DataFrame):
-        raise LogValidationError(f"{ctx.src}: where={expr!r} must be a boolean row filter")
-    return out
+    return apply_where(df, ctx.options.where, source=ctx.src, error=LogValidationError, present=_list_columns(df))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -551,22 +503,22 @@ def _canonicalise(df: pd.DataFrame, ctx: _Context) -> pd.DataFrame:
         if models_for_msg is not None and column in _PATTERN_TARGET.values():
             # wide: one message per offending source column
             bad_models = pd.unique(models_for_msg[mask].astype(object))
-            for m in bad_models[:_MAX_SAMPLE]:
+            for m in bad_models[:MAX_SAMPLE]:
                 sub = mask & (models_for_msg.astype(object) == m).to_numpy()
                 problems.append(_message(src, ctx.label(column, str(m)), sub, what, rows, values))
-            if len(bad_models) > _MAX_SAMPLE:
-                problems.append(f"{src}: ... and {len(bad_models) - _MAX_SAMPLE} more model column(s) with {what}")
+            if len(bad_models) > MAX_SAMPLE:
+                problems.append(f"{src}: ... and {len(bad_models) - MAX_SAMPLE} more model column(s) with {what}")
             return
         problems.append(_message(src, ctx.label(column), mask, what, rows, values))
 
     # --- identifiers and text ---------------------------------------------------------------------------------
     for col in ("prompt_id", "model"):
         s = df[col]
-        blank = _is_blank(s)
+        blank = is_blank(s)
         report(col, blank, "null or empty", s)
         out[col] = _to_str(s)
     prompt = df["prompt"]
-    report("prompt", _is_blank(prompt), "null, empty or whitespace-only", prompt)
+    report("prompt", is_blank(prompt), "null, empty or whitespace-only", prompt)
     out["prompt"] = _to_str(prompt)
 
     # --- score / acceptable -----------------------------------------------------------------------------------
@@ -603,7 +555,7 @@ def _canonicalise(df: pd.DataFrame, ctx: _Context) -> pd.DataFrame:
     if "role" in df.columns:
         raw = df["role"]
         role = _to_str(raw).str.strip().str.lower()
-        role = role.where(~_is_blank(raw), "single")
+        role = role.where(~is_blank(raw), "single")
         report("role", ~role.isin(ROLES), f"not one of {', '.join(ROLES)}", raw)
         out["role"] = role.astype("str")
     if "split" in df.columns:
@@ -653,13 +605,13 @@ def _check_consistent(
     if len(bad_ids) == 0:
         return []
     parts = []
-    for pid in bad_ids[:_MAX_SAMPLE]:
+    for pid in bad_ids[:MAX_SAMPLE]:
         sub = frame[frame["id"] == pid].drop_duplicates("v")
         shown = ", ".join(f"row {r}: {_short(v)}" for r, v in zip(sub["row"][:3], sub["v"][:3], strict=True))
         parts.append(f"{pid!r} ({shown})")
     return [
         f"{src}: {ctx.label(column)}: {len(bad_ids)} prompt_id(s) with {what}: {'; '.join(parts)}"
-        + (" ..." if len(bad_ids) > _MAX_SAMPLE else "")
+        + (" ..." if len(bad_ids) > MAX_SAMPLE else "")
     ]
 
 
@@ -667,10 +619,10 @@ def _message(src: str, label: str, mask: np.ndarray, what: str, rows: pd.Series,
     """``logs.csv: column 'score': 3 rows outside [0,1] or NaN (rows 4, 9, 17: 1.5, nan, -0.2)``."""
     idx = np.flatnonzero(mask)
     n = len(idx)
-    sample = idx[:_MAX_SAMPLE]
+    sample = idx[:MAX_SAMPLE]
     row_list = ", ".join(str(rows.iloc[i]) for i in sample)
     val_list = ", ".join(_short(values.iloc[i]) for i in sample)
-    more = ", ..." if n > _MAX_SAMPLE else ""
+    more = ", ..." if n > MAX_SAMPLE else ""
     noun = "row" if n == 1 else "rows"
     return f"{src}: {label}: {n} {noun} {what} ({noun} {row_list}{more}: {val_list}{more})"
 
@@ -685,10 +637,8 @@ def _short(value: object, limit: int = 40) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
-def _list_columns(df: pd.DataFrame, limit: int = 30) -> str:
-    cols = [str(c) for c in df.columns if c != _ROW]
-    shown = ", ".join(cols[:limit])
-    return shown + (f", ... ({len(cols)} in total)" if len(cols) > limit else "")
+def _list_columns(df: pd.DataFrame) -> str:
+    return list_columns(df.columns, _ROW)
 
 
 def _is_null(s: pd.Series) -> pd.Series:
@@ -704,23 +654,9 @@ def _is_bool(s: pd.Series) -> np.ndarray:
     return np.fromiter((isinstance(v, (bool, np.bool_)) for v in s), dtype=bool, count=len(s))
 
 
-def _is_blank(s: pd.Series) -> np.ndarray:
-    """Null, or a string that is empty after stripping whitespace."""
-    null = s.isna().to_numpy()
-    if pd.api.types.is_string_dtype(s.dtype) and not pd.api.types.is_object_dtype(s.dtype):
-        return null | (s.str.strip() == "").fillna(False).to_numpy(dtype=bool)
-    text = s.astype(object).where(~s.isna(), "")
-    blank = np.fromiter((isinstance(v, str) and not v.strip() for v in text), dtype=bool, count=len(s))
-    return null | blank
-
-
 def _to_str(s: pd.Series) -> pd.Series:
     """Text dtype; integral floats (1.0 from JSON/Parquet with nulls) print as integers; nulls stay NaN."""
-    if pd.api.types.is_float_dtype(s.dtype):
-        vals = s.to_numpy(dtype=float)
-        finite = vals[~np.isnan(vals)]
-        if finite.size and np.all(finite == np.round(finite)):
-            s = s.astype("Int64")
+    s = whole_numbers_as_int(s)
     if pd.api.types.is_string_dtype(s.dtype) and not pd.api.types.is_object_dtype(s.dtype):
         return s.astype("str")
     null = s.isna().to_numpy()
@@ -775,7 +711,7 @@ def _parse_timestamp(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
         ts = pd.to_datetime(s, unit="s", utc=True, errors="coerce")
         return ts, ts.isna().to_numpy() & ~null
     objs = s.astype(object)
-    ts = pd.to_datetime(objs.map(lambda v: v.strip() if isinstance(v, str) else v), utc=True, errors="coerce",
-                        format="ISO8601")
+    ts = pd.to_datetime(
+        objs.map(lambda v: v.strip() if isinstance(v, str) else v), utc=True, errors="coerce", format="ISO8601"
+    )
     return ts, ts.isna().to_numpy() & ~null
-

@@ -88,22 +88,14 @@ class FeaturizeReport:
 def training_encoder(
     config: TrainConfig | None = None, *, model_uri: str | None = None, tracking_uri: str | None = None
 ) -> Encoder:
-    """The encoder ``tierwise train`` embeds with: ``config``'s encoder, token window and layers (as
-    :func:`training.pipeline.fit_router` builds it), or with ``model_uri`` that model's own encoder (to retrain with
+    """The encoder ``tierwise train`` embeds with: ``config``'s (:func:`training.pipeline.encoder_for`, what
+    :func:`training.pipeline.fit_router` builds), or with ``model_uri`` that model's own encoder (to retrain with
     a registered model's settings)."""
     if model_uri is not None:
         return _model_encoder(model_uri, tracking_uri)
-    from router.encoders import build_encoder
-    from training.pipeline import TrainConfig
+    from training.pipeline import encoder_for
 
-    config = config or TrainConfig()
-    return build_encoder(
-        config.encoder,
-        threads=2,
-        max_tokens=config.encoder_max_tokens,
-        head_tokens=config.encoder_head_tokens,
-        layers=config.encoder_layers,
-    )
+    return encoder_for(config)
 
 
 def _model_encoder(model_uri: str, tracking_uri: str | None) -> Encoder:
@@ -183,7 +175,7 @@ def featurize_local(
     read_rows: int = DEFAULT_READ_ROWS,
 ) -> FeaturizeReport:
     """Embed the distinct prompts of ``data`` not cached yet with ``encoder``, on this machine (streamed)."""
-    from router.offline.route_log import progress_bar
+    from router.offline.route_log import row_bar
 
     started = time.monotonic()
     log = data if isinstance(data, PromptLog) else PromptLog(data)
@@ -192,7 +184,7 @@ def featurize_local(
     writer = _NewVectors(encoder, cache)
     seen = SeenKeys(width=0)
     prompts = 0
-    with progress_bar(progress, rows, "embedding") as bar:
+    with row_bar(progress, rows, "embedding") as bar:
         for chunk in iter_chunks(log, read_rows):
             _, texts = chunk_keys(chunk)
             _, first = np.unique(texts, return_index=True)

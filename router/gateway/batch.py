@@ -52,6 +52,7 @@ from router.catalog import Catalog
 from router.gateway.model_names import ModelNameError, parse_model
 from router.gateway.schemas import ChatCompletionRequest, GatewayOptions
 from router.gateway.upstreams import Upstream, UpstreamsConfig, UpstreamsError
+from router.progress import progress_bar
 from router.service.schemas import ChatMessage, RouteRequest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -340,7 +341,7 @@ def route_lines(
 
     routed_idx = [i for i, p in enumerate(plans) if p.tier is None]
     proba: dict[int, Any] = {}
-    bar = _bar(progress, len(routed_idx), "routing", "request")
+    bar = progress_bar(progress, len(routed_idx), "routing", "request")
     try:
         for start in range(0, len(routed_idx), chunk_size):
             part = routed_idx[start : start + chunk_size]
@@ -1010,7 +1011,9 @@ def collect(
         api = api or stack.enter_context(BatchApi())
         notes += reconcile(work, config, api)
         open_subs = [sid for sid, s in work.submissions.items() if s.get("batch_id") and not s.get("collected")]
-        bar = _bar(progress, sum(len(work.submissions[s]["custom_ids"]) for s in open_subs), "collecting", "request")
+        bar = progress_bar(
+            progress, sum(len(work.submissions[s]["custom_ids"]) for s in open_subs), "collecting", "request"
+        )
         deadline = time.monotonic() + max(0.0, wait_s)
         try:
             while True:
@@ -1203,21 +1206,3 @@ def _fill_result(
     else:
         row["error"] = err or (body.get("error") if isinstance(body, dict) and body.get("error") else body)
 
-
-# --------------------------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------------------------
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(progress: bool, total: int, desc: str, unit: str) -> Any:
-    if not progress or total <= 0:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit)

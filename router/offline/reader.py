@@ -14,12 +14,13 @@ quoted in a message.
 
 Reading is streamed: CSV by pandas chunks, JSON Lines line by line, Parquet by record batches (a file or a folder of
 part files such as Spark writes). A ``.json`` file holding one JSON array is the exception: it is parsed whole.
+
+What a log file is (extensions, CSV missing values, renames, ``where``, JSON records, blank text, whole-number ids)
+follows :mod:`router.log_format`, the rules ``training.readers`` reads by too.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -31,40 +32,40 @@ import numpy as np
 import pandas as pd
 
 from router.decision import ROLES
+from router.log_format import (
+    MAX_SAMPLE,
+    SUPPORTED_EXTENSIONS,
+    apply_where,
+    check_rename_targets,
+    check_renames,
+    column_label,
+    csv_na_values,
+    is_blank,
+    is_json_array,
+    json_array_records,
+    json_line_record,
+    list_columns,
+    open_text,
+    source_names,
+    whole_numbers_as_int,
+)
 
 ROW = "_row"
 PROMPT_COLUMNS = ("prompt_id", "prompt", "role", "task")
-SUPPORTED_EXTENSIONS = (".csv", ".csv.gz", ".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz", ".json", ".parquet", ".pq")
-"""The extensions ``training.readers`` reads (a folder is read as a Parquet dataset)."""
 _KINDS = {".csv": "csv", ".csv.gz": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
 DEFAULT_READ_ROWS = 8192
-_MAX_SAMPLE = 5
-# pandas' default missing-value markers, for CSV columns other than the text ones (as training.readers reads them)
-_CSV_NA_VALUES = (
-    "",
-    "#N/A",
-    "#N/A N/A",
-    "#NA",
-    "-1.#IND",
-    "-1.#QNAN",
-    "-NaN",
-    "-nan",
-    "1.#IND",
-    "1.#QNAN",
-    "<NA>",
-    "N/A",
-    "NA",
-    "NULL",
-    "NaN",
-    "None",
-    "n/a",
-    "nan",
-    "null",
-)
 
 
 class PromptLogError(ValueError):
     """A log cannot be read for routing; the message names the file, the column and sample rows."""
+
+
+def missing_prompt(log: PromptLog, present: str) -> PromptLogError:
+    """The error for a log without a ``prompt`` column (``present``: its columns, as a message lists them)."""
+    return PromptLogError(
+        f"{log.source}: missing required column 'prompt'; columns present: {present} "
+        "(use --columns SOURCE=prompt to rename)"
+    )
 
 
 @dataclass
@@ -81,10 +82,7 @@ class PromptLog:
         """The path or URI as given (``Path`` would fold a URI's ``//``)."""
         self.file = Path(self.location)
         self.columns = dict(self.columns)
-        targets = list(self.columns.values())
-        dupes = sorted({t for t in targets if targets.count(t) > 1})
-        if dupes:
-            raise PromptLogError(f"several columns renamed to the same name: {', '.join(dupes)}")
+        check_rename_targets(self.columns, PromptLogError)
         self.where = self.where if self.where and self.where.strip() else None
 
     @property
@@ -98,10 +96,7 @@ class PromptLog:
 
     def label(self, column: str) -> str:
         """A canonical column as the file calls it."""
-        inverse = {dst: src for src, dst in self.columns.items()}
-        if column in inverse:
-            return f"column {inverse[column]!r} (renamed to {column!r})"
-        return f"column {column!r}"
+        return column_label(self.columns, column)
 
     def kind(self) -> str:
         """``csv``, ``jsonl``, ``json`` or ``parquet`` (by extension; a folder is a Parquet dataset)."""
@@ -125,12 +120,10 @@ class PromptLog:
         """Source columns to read (None: all of them, for ``where``)."""
         if self.where is not None:
             return None
-        inverse = {dst: src for src, dst in self.columns.items()}
-        return {inverse.get(c, c) for c in PROMPT_COLUMNS}
+        return self._text_sources()
 
     def _text_sources(self) -> set[str]:
-        inverse = {dst: src for src, dst in self.columns.items()}
-        return {inverse.get(c, c) for c in PROMPT_COLUMNS}
+        return source_names(self.columns, PROMPT_COLUMNS)
 
 
 def count_rows(log: PromptLog) -> int | None:
@@ -188,15 +181,13 @@ def _csv_frames(log: PromptLog, rows: int) -> Iterator[pd.DataFrame]:
     wanted = log._wanted()
     use = header if wanted is None else [c for c in header if c in wanted]
     text = log._text_sources()
-    # text columns: only the empty field is missing (a prompt may read "NA" or "None"), as training.readers does
-    na = {c: ([""] if c in text else list(_CSV_NA_VALUES)) for c in use}
     reader = pd.read_csv(
         log.file,
         chunksize=rows,
         usecols=use,
         dtype={c: "str" for c in use if c in text},
         keep_default_na=False,
-        na_values=na,
+        na_values=csv_na_values(use, text),
     )
     with reader:
         for chunk in reader:
@@ -204,28 +195,17 @@ def _csv_frames(log: PromptLog, rows: int) -> Iterator[pd.DataFrame]:
             yield chunk
 
 
-def _open_text(path: Path) -> Any:
-    if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
-
-
 def _json_line_frames(log: PromptLog, rows: int) -> Iterator[pd.DataFrame]:
     wanted = log._wanted()
     records: list[dict[str, Any]] = []
     numbers: list[int] = []
     n = 0
-    with _open_text(log.file) as fh:
+    with open_text(log.file) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             n += 1
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptLogError(f"{log.source}: line {lineno} is not valid JSON: {exc.msg}") from exc
-            if not isinstance(rec, dict):
-                raise PromptLogError(f"{log.source}: line {lineno}: expected a JSON object, got {type(rec).__name__}")
+            rec = json_line_record(line, lineno, source=log.source, error=PromptLogError)
             records.append(rec if wanted is None else {k: v for k, v in rec.items() if k in wanted})
             numbers.append(n)
             if len(records) >= rows:
@@ -236,21 +216,11 @@ def _json_line_frames(log: PromptLog, rows: int) -> Iterator[pd.DataFrame]:
 
 
 def _json_frames(log: PromptLog, rows: int) -> Iterator[pd.DataFrame]:
-    with _open_text(log.file) as fh:
-        head = fh.read(4096).lstrip()
-    if not head.startswith("["):
+    if not is_json_array(log.file):
         yield from _json_line_frames(log, rows)
         return
-    with _open_text(log.file) as fh:  # one JSON array: parsed whole (convert to JSON Lines to stream)
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise PromptLogError(f"{log.source}: not valid JSON (line {exc.lineno}): {exc.msg}") from exc
-    bad = [i + 1 for i, rec in enumerate(data) if not isinstance(rec, dict)]
-    if bad:
-        raise PromptLogError(
-            f"{log.source}: JSON array elements must be objects; rows {', '.join(map(str, bad[:_MAX_SAMPLE]))} are not"
-        )
+    with open_text(log.file) as fh:  # one JSON array: parsed whole (convert to JSON Lines to stream)
+        data = json_array_records(fh.read(), source=log.source, error=PromptLogError)
     for start in range(0, len(data), rows):
         part = data[start : start + rows]
         yield _records_frame(part, list(range(start + 1, start + len(part) + 1)))
@@ -282,52 +252,28 @@ def _parquet_frames(log: PromptLog, rows: int) -> Iterator[pd.DataFrame]:
 # renaming, filtering, checking
 # --------------------------------------------------------------------------------------------------------------
 def _columns_present(df: pd.DataFrame) -> str:
-    cols = [str(c) for c in df.columns if c != ROW]
-    return ", ".join(cols[:30]) + (f", ... ({len(cols)} in total)" if len(cols) > 30 else "") or "(none)"
+    return list_columns(df.columns, ROW) or "(none)"
 
 
 def _rename(df: pd.DataFrame, log: PromptLog, state: _State) -> pd.DataFrame:
     renames = log.columns
     if not renames:
         return df
-    if state.first:
-        missing = [s for s in renames if s not in df.columns]
-        if missing:
-            raise PromptLogError(
-                f"{log.source}: column(s) {', '.join(map(repr, missing))} named in the rename map are not in the "
-                f"file; columns present: {_columns_present(df)}"
-            )
-        clashes = [d for s, d in renames.items() if d in df.columns and d not in renames]
-        if clashes:
-            raise PromptLogError(
-                f"{log.source}: renaming would create duplicate column(s) {', '.join(map(repr, clashes))} (already "
-                "in the file); rename or drop the existing one(s) too"
-            )
+    if state.first:  # later chunks of JSON Lines may lack a column (no record of the chunk has it)
+        check_renames(renames, df.columns, source=log.source, error=PromptLogError, present=_columns_present(df))
     return df.rename(columns=renames)
 
 
 def _apply_where(df: pd.DataFrame, log: PromptLog) -> pd.DataFrame:
     if log.where is None:
         return df
-    try:
-        out = df.query(log.where)
-    except Exception as exc:  # query raises many kinds (SyntaxError, UndefinedVariableError, TypeError, ...)
-        raise PromptLogError(
-            f"{log.source}: where={log.where!r} failed: {type(exc).__name__}: {exc}; columns present: "
-            f"{_columns_present(df)}"
-        ) from exc
-    if not isinstance(out, pd.DataFrame):
-        raise PromptLogError(f"{log.source}: where={log.where!r} must be a boolean row filter")
-    return out
+    return apply_where(df, log.where, source=log.source, error=PromptLogError, present=_columns_present(df))
 
 
 def _canonical(df: pd.DataFrame, log: PromptLog, state: _State) -> pd.DataFrame:
     first, state.first = state.first, False
     if "prompt" not in df.columns:
-        raise PromptLogError(
-            f"{log.source}: missing required column 'prompt'; columns present: {_columns_present(df)} "
-            "(use --columns SOURCE=prompt to rename)"
-        )
+        raise missing_prompt(log, _columns_present(df))
     has_id = "prompt_id" in df.columns
     if first:
         state.has_id = has_id
@@ -340,11 +286,11 @@ def _canonical(df: pd.DataFrame, log: PromptLog, state: _State) -> pd.DataFrame:
     problems: list[str] = []
     out = pd.DataFrame({ROW: rows})
     prompt = df["prompt"]
-    _report(problems, log, "prompt", _is_blank(prompt), "null, empty or whitespace-only", rows, None)
+    _report(problems, log, "prompt", is_blank(prompt), "null, empty or whitespace-only", rows, None)
     out["prompt"] = _texts(prompt)
     if state.has_id:
         ids = df["prompt_id"] if has_id else pd.Series([None] * len(df), index=df.index, dtype=object)
-        _report(problems, log, "prompt_id", _is_blank(ids), "null or empty", rows, ids)
+        _report(problems, log, "prompt_id", is_blank(ids), "null or empty", rows, ids)
         out["prompt_id"] = _texts(ids)
     else:
         out["prompt_id"] = None
@@ -377,8 +323,8 @@ def _report(
     idx = np.flatnonzero(np.asarray(mask, dtype=bool))
     if not idx.size:
         return
-    sample = idx[:_MAX_SAMPLE]
-    more = ", ..." if idx.size > _MAX_SAMPLE else ""
+    sample = idx[:MAX_SAMPLE]
+    more = ", ..." if idx.size > MAX_SAMPLE else ""
     shown = ""
     if values is not None:
         shown = ": " + ", ".join(_short(values.iloc[i]) for i in sample) + more
@@ -395,20 +341,9 @@ def _short(value: object, limit: int = 40) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
-def _is_blank(s: pd.Series) -> np.ndarray:
-    """Null, or a string that is empty after stripping whitespace."""
-    null = s.isna().to_numpy()
-    blank = np.fromiter((isinstance(v, str) and not v.strip() for v in s.astype(object)), dtype=bool, count=len(s))
-    return null | blank
-
-
 def _texts(s: pd.Series) -> np.ndarray:
     """Values as Python str (None where missing); a float column of whole numbers (ids read from JSON with nulls)
     prints them as integers, as ``training.readers`` does."""
-    if pd.api.types.is_float_dtype(s.dtype):
-        vals = s.to_numpy(dtype=float)
-        finite = vals[~np.isnan(vals)]
-        if finite.size and np.all(finite == np.round(finite)):
-            s = s.astype("Int64")
+    s = whole_numbers_as_int(s)
     null = s.isna().to_numpy()
     return np.array([None if n else str(v) for v, n in zip(s.astype(object), null, strict=True)], dtype=object)

@@ -7,7 +7,8 @@
 column                              type      meaning
 ==================================  ========  ====================================================================
 ``prompt_id``                       string    the log's ``prompt_id``; without one, the first 16 hex digits of
-                                              ``prompt_hash`` (as ``tierwise decisions export`` names prompts)
+                                              the SHA-1 of the prompt (:func:`router.log_format.text_prompt_id`:
+                                              the id ``tierwise train`` gives it in a wide log without ids)
 ``prompt_hash``                     string    SHA-256 of the prompt (hex), the decision log's ``prompt_hash``
 ``prompt``                          string    only with ``include_prompt`` (``--include-prompt``)
 ``role``, ``task``                  string    what the decision was made for (role ``single`` when not logged)
@@ -51,13 +52,16 @@ import numpy as np
 import pandas as pd
 
 from router.atomic_io import atomic_path
+from router.log_format import text_prompt_id
 from router.offline.reader import DEFAULT_READ_ROWS, ROW, PromptLog, PromptLogError, count_rows, iter_chunks
+from router.progress import progress_bar
 from router.pyfunc import COST_FIELDS
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from router.core import Router
+    from router.offline.spark import SparkRouteResult
 
 DEFAULT_CHUNK_SIZE = 1024
 """Prompts per routing call (one encoder and one classifier pass)."""
@@ -102,12 +106,31 @@ class RouteLogResult:
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
-        share = ", ".join(f"{t}={n / max(self.prompts, 1):.1%}" for t, n in self.tiers.items())
-        return [
-            f"routed {self.prompts:,} distinct prompts ({self.rows:,} rows) with {self.router_version} in "
-            f"{self.seconds:.1f}s: {self.out}",
-            f"tiers: {share}",
-        ]
+        return summary_lines(self, f"with {self.router_version}")
+
+
+def summary_lines(result: RouteLogResult | SparkRouteResult, engine: str) -> list[str]:
+    """What ``tierwise route-log`` prints about a result of either engine (``engine``: how it routed)."""
+    share = ", ".join(f"{t}={n / max(result.prompts, 1):.1%}" for t, n in result.tiers.items())
+    return [
+        f"routed {result.prompts:,} distinct prompts ({result.rows:,} rows) {engine} in {result.seconds:.1f}s: "
+        f"{result.out}",
+        f"tiers: {share}",
+    ]
+
+
+def resolve_threshold(router: Router, threshold: float | None, quality_target: float | None) -> float | None:
+    """The knob for every prompt of a log: ``threshold`` (checked), the one ``router`` chose for ``quality_target``,
+    or None (the model's default); not both."""
+    if quality_target is not None:
+        if threshold is not None:
+            raise ValueError("give threshold or quality_target, not both")
+        return router.threshold_for(quality_target)
+    if threshold is not None:
+        from router.core import check_threshold
+
+        return check_threshold(threshold)
+    return None
 
 
 def route_log(
@@ -138,14 +161,7 @@ def route_log(
         raise ValueError(f"{out}: the output is Parquet: name it .parquet")
     if out.exists() and out.is_dir():
         raise ValueError(f"{out} is a folder; give a file name (a Spark run writes folders, the local engine a file)")
-    if quality_target is not None:
-        if threshold is not None:
-            raise ValueError("give threshold or quality_target, not both")
-        threshold = router.threshold_for(quality_target)
-    elif threshold is not None:
-        from router.core import check_threshold
-
-        threshold = check_threshold(threshold)
+    threshold = resolve_threshold(router, threshold, quality_target)
 
     total = check_log(log, progress=progress, read_rows=read_rows)
     schema = output_schema(router.tiers, include_prompt)
@@ -156,7 +172,7 @@ def route_log(
     with (
         atomic_path(out) as tmp,
         pq.ParquetWriter(tmp, schema) as writer,
-        progress_bar(progress, total, "routing") as bar,
+        row_bar(progress, total, "routing") as bar,
     ):
         buffered: list[pa.Table] = []
         n_buffered = 0
@@ -180,7 +196,7 @@ def check_log(log: PromptLog, *, progress: bool = False, read_rows: int = DEFAUL
     ids, unknown roles, one prompt id with two texts (naming both rows). Returns the number of rows."""
     seen = SeenKeys()
     total = 0
-    with progress_bar(progress, count_rows(log), "checking") as bar:
+    with row_bar(progress, count_rows(log), "checking") as bar:
         for chunk in iter_chunks(log, read_rows):
             ids, texts = chunk_keys(chunk)
             rows = chunk[ROW].to_numpy(dtype=np.int64)
@@ -259,7 +275,7 @@ class _Decider:
         prompts = frame["prompt"].tolist()
         decisions = self.model.predict(None, frame[["prompt", "role", "task"]].reset_index(drop=True), self.params)
         hashes = [prompt_hash(p) for p in prompts]
-        ids = [h[:16] if pid is None else pid for pid, h in zip(frame["prompt_id"], hashes, strict=True)]
+        ids = [text_prompt_id(p) if pid is None else pid for pid, p in zip(frame["prompt_id"], prompts, strict=True)]
         cols: dict[str, Any] = {"prompt_id": ids, "prompt_hash": hashes}
         if self.include_prompt:
             cols["prompt"] = prompts
@@ -344,24 +360,6 @@ class SeenKeys:
             self.blocks.append((k[order], v[order]))
 
 
-# --------------------------------------------------------------------------------------------------------------
-# progress
-# --------------------------------------------------------------------------------------------------------------
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def progress_bar(progress: bool, total: int | None, desc: str) -> Any:
-    """A tqdm bar of log rows on stderr (a no-op when ``progress`` is false)."""
-    if not progress:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="row", unit_scale=True, leave=False)
+def row_bar(progress: bool, total: int | None, desc: str) -> Any:
+    """A progress bar of log rows on stderr (:func:`router.progress.progress_bar`; a no-op without ``progress``)."""
+    return progress_bar(progress, total, desc, "row", unit_scale=True, leave=False)

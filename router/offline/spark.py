@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from router.offline.reader import PROMPT_COLUMNS, PromptLog, PromptLogError
-from router.offline.route_log import output_columns, output_schema
+from router.log_format import MAX_SAMPLE, PROMPT_ID_HEX, check_renames, is_json_array, list_columns
+from router.offline.reader import PROMPT_COLUMNS, PromptLog, PromptLogError, missing_prompt
+from router.offline.route_log import output_columns, output_schema, resolve_threshold, summary_lines
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 DEFAULT_MASTER = "local[2]"
-_MAX_SAMPLE = 5
 # pyspark 4.3 warns that pandas >= 3 is not fully supported; what tierwise uses of it (Arrow transfers of string,
 # double and long columns, mapInPandas, mlflow's spark_udf) is tested on pandas 3 (tests/test_spark.py).
 _PANDAS_WARNING = "PySpark does not yet fully support pandas >= 3"
@@ -107,17 +107,11 @@ def read_prompts(spark: SparkSession, log: PromptLog) -> DataFrame:
             .csv(path)
         )
     elif kind in ("jsonl", "json"):
-        array = kind == "json" and not log.is_uri and _starts_with_bracket(log.file)
+        array = kind == "json" and not log.is_uri and is_json_array(log.file)
         df = reader.option("mode", "FAILFAST").option("multiLine", array).json(path)
     else:
         df = reader.parquet(path)
-    present = list(df.columns)
-    missing = [s for s in log.columns if s not in present]
-    if missing:
-        raise PromptLogError(
-            f"{path}: column(s) {', '.join(map(repr, missing))} named in the rename map are not in the file; "
-            f"columns present: {', '.join(present)}"
-        )
+    check_renames(log.columns, df.columns, source=path, error=PromptLogError, present=list_columns(df.columns))
     for src, dst in log.columns.items():
         df = df.withColumnRenamed(src, dst)
     if log.where is not None:
@@ -126,22 +120,9 @@ def read_prompts(spark: SparkSession, log: PromptLog) -> DataFrame:
         except Exception as exc:  # AnalysisException, ParseException
             raise PromptLogError(f"{path}: where={log.where!r} failed: {type(exc).__name__}: {exc}") from exc
     if "prompt" not in df.columns:
-        raise PromptLogError(
-            f"{path}: missing required column 'prompt'; columns present: {', '.join(df.columns)} "
-            "(use --columns SOURCE=prompt to rename)"
-        )
+        raise missing_prompt(log, list_columns(df.columns))
     cols = [F.col(c).cast("string").alias(c) for c in PROMPT_COLUMNS if c in df.columns]
     return df.select(*cols)
-
-
-def _starts_with_bracket(path: Path) -> bool:
-    if path.is_dir():
-        return False
-    import gzip
-
-    opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        return bool(fh.read(4096).lstrip().startswith("["))
 
 
 def normalise(df: DataFrame) -> DataFrame:
@@ -188,14 +169,14 @@ def check_prompts(df: DataFrame, log: PromptLog) -> int:
         if bad:
             shown = ""
             if show is not None and (show != "prompt_id" or has_id):
-                sample = [r[0] for r in n.where(cond).select(show).limit(_MAX_SAMPLE).collect()]
+                sample = [r[0] for r in n.where(cond).select(show).limit(MAX_SAMPLE).collect()]
                 shown = f" ({'ids' if show == 'prompt_id' else 'values'}: {', '.join(repr(s) for s in sample)})"
             problems.append(f"{log.source}: {log.label(column)}: {bad} row(s) {what}{shown}")
     if problems:
         raise PromptLogError("\n".join(problems))
     if has_id:
         clash = n.groupBy("prompt_id").agg(F.countDistinct("prompt").alias("texts")).where(F.col("texts") > 1)
-        ids = [r[0] for r in clash.select("prompt_id").limit(_MAX_SAMPLE).collect()]
+        ids = [r[0] for r in clash.select("prompt_id").limit(MAX_SAMPLE).collect()]
         if ids:
             raise PromptLogError(
                 f"{log.source}: {log.label('prompt')}: prompt_id(s) {', '.join(map(repr, ids))} have different "
@@ -205,12 +186,14 @@ def check_prompts(df: DataFrame, log: PromptLog) -> int:
 
 
 def distinct_prompts(df: DataFrame) -> DataFrame:
-    """One row per prompt id (per text when the log has no ids): ``prompt_id``, ``prompt_hash`` (SHA-256 hex, as
-    the decision log stores it), ``prompt``, ``role`` and ``task`` (a prompt's first non-null ones)."""
+    """One row per prompt id (per text when the log has no ids): ``prompt_id`` (without one:
+    :func:`router.log_format.text_prompt_id`, the SHA-1 of the text, as the local engine names it), ``prompt_hash``
+    (SHA-256 hex, as the decision log stores it), ``prompt``, ``role`` and ``task`` (a prompt's first non-null ones)."""
     from pyspark.sql import functions as F
 
     n = normalise(df).withColumn("prompt_hash", F.sha2(F.col("prompt"), 256))
-    n = n.withColumn("prompt_id", F.coalesce(F.col("prompt_id"), F.substring("prompt_hash", 1, 16)))
+    text_id = F.substring(F.sha1(F.col("prompt")), 1, PROMPT_ID_HEX)
+    n = n.withColumn("prompt_id", F.coalesce(F.col("prompt_id"), text_id))
     return n.groupBy("prompt_id").agg(
         F.first("prompt_hash").alias("prompt_hash"),
         F.first("prompt").alias("prompt"),
@@ -235,12 +218,7 @@ class SparkRouteResult:
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
-        share = ", ".join(f"{t}={n / max(self.prompts, 1):.1%}" for t, n in self.tiers.items())
-        return [
-            f"routed {self.prompts:,} distinct prompts ({self.rows:,} rows) on Spark with {self.router_version} "
-            f"({self.model_uri}) in {self.seconds:.1f}s: {self.out}",
-            f"tiers: {share}",
-        ]
+        return summary_lines(self, f"on Spark with {self.router_version} ({self.model_uri})")
 
 
 def pyfunc_uri(model_uri: str, tracking_uri: str | None = None) -> tuple[str, str, list[str], Any]:
@@ -281,18 +259,12 @@ def route_log_spark(
     import mlflow.pyfunc
     from pyspark.sql import functions as F
 
-    from router.core import check_threshold
     from router.settings import resolve_tracking_uri
 
     started = time.monotonic()
     log = data if isinstance(data, PromptLog) else PromptLog(data)
     uri, version, tiers, router = pyfunc_uri(model_uri, tracking_uri)
-    if quality_target is not None:
-        if threshold is not None:
-            raise ValueError("give threshold or quality_target, not both")
-        threshold = router.threshold_for(quality_target)
-    elif threshold is not None:
-        threshold = check_threshold(threshold)
+    threshold = resolve_threshold(router, threshold, quality_target)
     del router  # only its metadata was needed; the executors load the pyfunc
 
     df = read_prompts(spark, log)

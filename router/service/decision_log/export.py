@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from router.limits import ATTEMPT_LIMITS, attempt_number_problem
+from router.log_format import CANONICAL_COLUMNS, PROMPT_ID_HEX
 from router.service.decision_log import store
 from router.service.decision_log.retention import utc_iso
 from router.service.decision_log.schema import (
@@ -56,44 +57,37 @@ class ExportSummary:
     catalog_path: Path | None = None
 
     def describe(self) -> str:
+        left_out = (
+            (
+                self.without_prompt,
+                "their decision stored no prompt text (the service stores only a hash unless "
+                "TIERWISE_STORE_PROMPTS=true; training needs the text)",
+            ),
+            (self.without_decision, "their request_id has no logged decision"),
+            (
+                self.invalid_numbers,
+                "they hold a non-finite or out-of-range number (score, tokens, cost or latency; written before the "
+                "service refused them)",
+            ),
+            (self.unknown_model, "their model is not in the exported catalog"),
+        )
         parts = [f"exported {self.exported_rows} of {self.feedback_rows} feedback row(s)"]
-        if self.without_prompt:
-            parts.append(
-                f"{self.without_prompt} left out because their decision stored no prompt text (the service stores only "
-                "a hash unless TIERWISE_STORE_PROMPTS=true; training needs the text)"
-            )
-        if self.without_decision:
-            parts.append(f"{self.without_decision} left out because their request_id has no logged decision")
-        if self.invalid_numbers:
-            parts.append(
-                f"{self.invalid_numbers} left out because they hold a non-finite or out-of-range number (score, "
-                "tokens, cost or latency; written before the service refused them)"
-            )
-        if self.unknown_model:
-            parts.append(f"{self.unknown_model} left out because their model is not in the exported catalog")
+        parts += [f"{n} left out because {why}" for n, why in left_out if n]
         if self.catalog_path is not None:
             parts.append(f"catalog of {', '.join(self.router_versions)} written to {self.catalog_path}")
         return "; ".join(parts)
 
 
 EXPORT_COLUMNS = (
-    "prompt_id",
-    "prompt",
-    "model",
-    "score",
-    "cost_usd",
-    "input_tokens",
-    "output_tokens",
-    "latency_ms",
-    "task",
-    "role",
-    "timestamp",
+    *(c for c in CANONICAL_COLUMNS if c != "split"),
     "request_id",
     "tier",
     "routed_tier",
     "tenant",
     "router_version",
 )
+"""The export's columns: the canonical long format's (:data:`router.log_format.CANONICAL_COLUMNS`; the service
+assigns no split) and the decision's identifiers. :func:`export_rows` selects them in this order."""
 
 
 @contextlib.contextmanager
@@ -181,7 +175,7 @@ def export_rows(
             if not _valid_numbers(rec):
                 invalid += 1
                 continue
-            rec["prompt_id"] = str(r[0])[:16]
+            rec["prompt_id"] = str(r[0])[:PROMPT_ID_HEX]  # the first hex digits of prompt_hash (SHA-256)
             rows.append(rec)
     versions = sorted({str(r["router_version"]) for r in rows})
     return rows, ExportSummary(int(total), len(rows), no_prompt, int(orphan), invalid, 0, versions)
