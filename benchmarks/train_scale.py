@@ -32,6 +32,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -122,6 +123,17 @@ class _Tree:
         return [self.root, *self.root.children(recursive=True)]
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -140,8 +152,10 @@ def _child_env(home: Path, cache: Path) -> dict[str, str]:
     return env
 
 
-def tierwise_command() -> list[str]:
-    """The ``tierwise`` entry point of this interpreter's environment."""
+def tierwise_command(cli: str | None = None) -> list[str]:
+    """``cli`` split into words, else the ``tierwise`` entry point of this interpreter's environment."""
+    if cli:
+        return shlex.split(cli)
     exe = Path(sys.executable).parent / "tierwise"
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from training.cli import app; app()"]
 
@@ -160,10 +174,12 @@ def export_encoder(cache: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_train(log_path: Path, catalog: Path, home: Path, cache: Path, transcript: Path) -> dict[str, Any]:
+def run_train(
+    log_path: Path, catalog: Path, home: Path, cache: Path, transcript: Path, cli: str | None = None
+) -> dict[str, Any]:
     """``tierwise train --data LOG --catalog CATALOG`` in a subprocess: wall time, peak RSS of its process tree,
     load averages, and the run's ``time_*`` metrics from its MLflow store."""
-    cmd = [*tierwise_command(), "train", "--data", str(log_path), "--catalog", str(catalog)]
+    cmd = [*tierwise_command(cli), "train", "--data", str(log_path), "--catalog", str(catalog)]
     load_before = _load()
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -211,16 +227,20 @@ def measure(
     work: Path,
     out: Path,
     results: dict[str, Any],
+    cli: str | None = None,
 ) -> None:
     """The cold runs (sizes in ``cold_sizes``, smallest first, each with a fresh cache), then a cached run of every
     size with the cache of the smallest cold run that holds its prompts (a smaller log is a prefix of a larger one);
-    a size above every cold run first fills a cache with an untimed run. Results are saved after each run."""
+    a size above every cold run first fills a cache with an untimed run. Results are saved after each run; runs
+    already in ``results`` (``--resume``) are skipped, and their caches in ``work`` reused."""
     attempts, catalog = load_source(source, shared_dir)
     export_cache = work / "export" / "cache"
-    results["onnx_export_s"] = round(export_encoder(export_cache), 1)
+    seconds = round(export_encoder(export_cache), 1)
+    results.setdefault("onnx_export_s", seconds)  # a resumed run's export was cached already
     print(f"one-time ONNX export of the encoder: {results['onnx_export_s']} s (not part of any run below)", flush=True)
     logs: dict[int, Path] = {}
     caches: dict[int, Path] = {}
+    done = {(r["prompts"], r["run"]) for r in results["runs"]}
 
     def prepare(n: int) -> Path:
         if n not in logs:
@@ -231,9 +251,15 @@ def measure(
 
     def fresh_cache(n: int) -> Path:
         cache = work / f"n{n}" / "cache"
+        shutil.rmtree(cache, ignore_errors=True)  # what an interrupted run left
         shutil.copytree(export_cache / "onnx", cache / "onnx")
         caches[n] = cache
         return cache
+
+    def fresh_home(n: int, kind: str) -> Path:
+        home = work / f"n{n}" / f"home-{kind}"
+        shutil.rmtree(home, ignore_errors=True)
+        return home
 
     def record(row: dict[str, Any], n: int, kind: str) -> None:
         row.update(prompts=n, run=kind)
@@ -242,19 +268,25 @@ def measure(
         print(table_row(row), flush=True)
 
     for n in sorted(cold_sizes):
+        if (n, "cold") in done and (work / f"n{n}" / "cache" / "embeddings").is_dir():
+            caches[n] = work / f"n{n}" / "cache"
+            continue
         log_path = prepare(n)
-        row = run_train(log_path, catalog, work / f"n{n}" / "home-cold", fresh_cache(n), work / f"n{n}" / "cold.log")
+        cache = fresh_cache(n)
+        row = run_train(log_path, catalog, fresh_home(n, "cold"), cache, work / f"n{n}" / "cold.log", cli)
         record(row, n, "cold")
     for n in sorted(sizes):
+        if (n, "cached") in done:
+            continue
         log_path = prepare(n)
         covering = [m for m in sorted(caches) if m >= n]
         if covering:
             cache = caches[covering[0]]
         else:  # no cold run holds these prompts: fill a cache first (untimed)
             cache = fresh_cache(n)
-            run_train(log_path, catalog, work / f"n{n}" / "home-fill", cache, work / f"n{n}" / "fill.log")
-        home = work / f"n{n}" / "home-cached"
-        record(run_train(log_path, catalog, home, cache, work / f"n{n}" / "cached.log"), n, "cached")
+            run_train(log_path, catalog, fresh_home(n, "fill"), cache, work / f"n{n}" / "fill.log", cli)
+        row = run_train(log_path, catalog, fresh_home(n, "cached"), cache, work / f"n{n}" / "cached.log", cli)
+        record(row, n, "cached")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -364,6 +396,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one, removed)")
     ap.add_argument("--shared-dir", type=Path, default=QD.DEFAULT_SHARED_DIR)
     ap.add_argument("--plot-only", action="store_true", help="redraw <out>.png from <out>.json")
+    ap.add_argument("--cli", default=None, help="command that runs the tierwise CLI (default: this venv's tierwise)")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in <out>.json and do the others (with the same --work, whose caches are reused)",
+    )
     args = ap.parse_args(argv)
     out = args.out.with_suffix("") if args.out.suffix in (".json", ".png") else args.out
     if args.plot_only:
@@ -376,13 +414,22 @@ def main(argv: list[str] | None = None) -> int:
             "source": args.source,
             "seed": SEED,
             "cpus": os.cpu_count(),
-            "machine": platform.processor() or platform.machine(),
+            "machine": _cpu_model(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "runs": [],
         }
+        if args.resume:
+            if args.work is None:
+                ap.error("--resume needs the --work folder of the interrupted run")
+            previous = out.with_suffix(".json")
+            if previous.is_file():
+                earlier = json.loads(previous.read_text(encoding="utf-8"))
+                if (earlier.get("source"), earlier.get("seed")) != (args.source, SEED):
+                    ap.error(f"{previous} measured --source {earlier.get('source')}, not {args.source}")
+                results = {**earlier, "resumed": results["started"]}
         work = Path(tempfile.mkdtemp(prefix="tierwise-scale-")) if args.work is None else args.work
         try:
-            measure(sizes, cold, args.source, args.shared_dir, work, out, results)
+            measure(sizes, cold, args.source, args.shared_dir, work, out, results, args.cli)
         finally:
             if args.work is None:
                 shutil.rmtree(work, ignore_errors=True)
