@@ -377,7 +377,7 @@ def plot(results: dict[str, Any], out: Path) -> Path:
         ax.xaxis.set_major_formatter(lambda x, _pos: f"{x / 1000:g}k")
     fig.suptitle(
         f"tierwise train on {results['source']} resampled ({results['cpus']} CPUs, {results['machine']}); "
-        "load average = other jobs on the machine",
+        "load: 1-min load average as the run started (a previous run's tail counts in it)",
         fontsize=9,
     )
     return save_figure(fig, out.with_suffix(".png"))

@@ -222,6 +222,15 @@ class Router:
             f"quality_target {qt} is above the highest target this model was calibrated for ({rows[-1][0]})"
         )
 
+    def knob(self, threshold: float | None = None, quality_target: float | None = None) -> float | None:
+        """The threshold a call routes with: ``threshold`` (checked), the one :meth:`threshold_for` gives for
+        ``quality_target``, or None (the model's own); a ValueError for both."""
+        if quality_target is not None:
+            if threshold is not None:
+                raise ValueError("give threshold or quality_target, not both")
+            return self.threshold_for(quality_target)
+        return None if threshold is None else check_threshold(threshold)
+
     def row_costs(self, prompts: Sequence[str]) -> np.ndarray | None:
         """Per-prompt relative tier costs ``[n, T]`` for the utility rule, or None (no cost model: mean costs)."""
         cm = self.cost_model
@@ -315,10 +324,7 @@ class Router:
         """Vectorised :meth:`route`: one encoder and one classifier call for all prompts."""
         if isinstance(prompts, str):
             raise TypeError("route_batch takes a sequence of prompts; use route() for one prompt")
-        if quality_target is not None:
-            if threshold is not None:
-                raise ValueError("give threshold or quality_target, not both")
-            threshold = self.threshold_for(quality_target)
+        threshold = self.knob(threshold, quality_target)
         roles = list(roles) if roles is not None else [None] * len(prompts)
         for r in roles:
             if r is not None and r not in ROLES:

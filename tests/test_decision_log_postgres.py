@@ -405,6 +405,46 @@ def test_the_writer_applies_the_retention_setting(store: str) -> None:
     dlog.close()
 
 
+def test_replicas_sharing_a_postgresql_log_take_turns_pruning(pg: str) -> None:
+    """While one process holds the prune lock (a prune batch in progress), a replica's hourly batch is skipped, not
+    run on the same rows at once, and ``tierwise decisions prune`` waits for its turn; both prune once it is free."""
+    from router.service.decision_log import retention
+
+    _load_fixture(pg)
+    holder = sa.create_engine(dl.resolve(pg))
+    days = (datetime.now(UTC) - datetime(2026, 2, 1, tzinfo=UTC)).days
+    dlog = None
+    try:
+        with holder.begin() as held:
+            held.execute(sa.select(sa.func.pg_advisory_xact_lock(retention.PRUNE_LOCK_KEY)))
+            cut = retention.utc_iso("2026-02-01")
+            other = sa.create_engine(dl.resolve(pg))
+            with other.begin() as conn:
+                assert retention.prune_batch(conn, cut, wait=False) is None
+            other.dispose()
+            dlog = DecisionLog(pg, retention_days=days, prune_every_seconds=0.1, prune_batch_rows=1).start()
+            finished: list[str] = []
+            cli = threading.Thread(
+                target=lambda: finished.append(
+                    CliRunner().invoke(app, ["decisions", "prune", "--before", "2026-02-01", "--db", pg]).output
+                )
+            )
+            cli.start()
+            _decision(dlog, "during")  # the writer skips its turn and keeps writing: it never waits for the lock
+            deadline = time.monotonic() + 10
+            while "during" not in _request_ids(pg, "decisions") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.0)  # the writer had about 10 more chances to prune, the CLI was waiting all along
+            assert len(_request_ids(pg, "decisions")) == 7 and not finished
+        cli.join(30)
+        assert finished and "deleted" in finished[0], finished
+        assert _request_ids(pg, "decisions") == ["during", "req-3", "req-4", "req-5"]
+    finally:
+        if dlog is not None:
+            dlog.close()
+        holder.dispose()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # failures
 # --------------------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from router.atomic_io import TMP_SUFFIX, atomic_open
+from router.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +214,7 @@ class EmbeddingCache:
     ) -> None:
         """Encode in steps (progress updates), writing a shard every ``flush_every`` new vectors."""
         step = max(batch_size, 256)
-        bar = None
-        if progress and len(texts) > step:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(texts), desc="embedding prompts", unit="prompt")
+        bar = progress_bar(progress and len(texts) > step, len(texts), "embedding prompts", unit="prompt")
         pending_k: list[bytes] = []
         pending_v: list[np.ndarray] = []
         try:
@@ -228,16 +225,14 @@ class EmbeddingCache:
                     raise ValueError(f"encoder returned shape {vecs.shape}, expected {(len(chunk), space.dim)}")
                 pending_k.extend(digests[start : start + step])
                 pending_v.append(vecs)
-                if bar is not None:
-                    bar.update(len(chunk))
+                bar.update(len(chunk))
                 if len(pending_k) >= self.flush_every:
                     self._write_shard(space, pending_k, np.concatenate(pending_v))
                     pending_k, pending_v = [], []
             if pending_k:
                 self._write_shard(space, pending_k, np.concatenate(pending_v))
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         if len(space.shards) > self.max_shards:
             self._compact(space)
 

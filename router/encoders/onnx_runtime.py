@@ -22,7 +22,8 @@ from router.encoders.spec import (
     read_encoder_json,
     resolve_layers,
 )
-from router.encoders.window import TokenWindow, _join_blocks, _length_batches, _mean_pool, _pad_batch, _progress_bar
+from router.encoders.window import TokenWindow, _join_blocks, _length_batches, _mean_pool, _pad_batch
+from router.progress import progress_bar
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnxruntime
@@ -106,15 +107,14 @@ class OnnxEncoder:
         out, seqs = self.window.encode_inputs(texts, self.dim)
         if not seqs:
             return out
-        with _progress_bar(len(seqs), progress, "embedding") as bar:
+        with progress_bar(progress, len(seqs), "embedding", unit="text") as bar:
             if self.spec.kind == "onnx-int8" and self.threads > 1 and len(seqs) > 1:
                 self._encode_parallel(seqs, out, bar)
             else:
                 bs = 1 if self.spec.kind == "onnx-int8" else max(1, batch_size)
                 for idx in _length_batches(seqs, bs):
                     out[idx] = self._run([seqs[i] for i in idx])
-                    if bar is not None:
-                        bar.update(len(idx))
+                    bar.update(len(idx))
         return _join_blocks(out, len(self.spec.layers))
 
     def _encode_parallel(self, seqs: list[list[int]], out: np.ndarray, bar: Any) -> None:
@@ -134,8 +134,7 @@ class OnnxEncoder:
 
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
             for _ in pool.map(one, range(len(seqs))):
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
 
     def save(self, directory: Path) -> None:
         """Copy model.onnx and tokenizer.json into ``directory``, then write encoder.json (last)."""

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from router.encoders.spec import TOKENIZER_FILE, EncoderError, EncoderSpec, _save_copy, _saved_spec
-from router.encoders.window import TokenWindow, _l2_normalise, _progress_bar
+from router.encoders.window import TokenWindow, _l2_normalise
+from router.progress import progress_bar
 
 STATIC_FILE = "static.npy"
 _STATIC_ENCODE_BLOCK = 256  # prompts tokenised per call
@@ -70,15 +71,14 @@ class StaticEncoder:
         if not texts:
             return out
         lo, hi = len(self.window.prefix), len(self.window.suffix)
-        with _progress_bar(len(texts), progress, "embedding") as bar:
+        with progress_bar(progress, len(texts), "embedding", unit="text") as bar:
             for start in range(0, len(texts), _STATIC_ENCODE_BLOCK):
                 seqs = self.window.ids(texts[start : start + _STATIC_ENCODE_BLOCK])
                 for i, s in enumerate(seqs, start):
                     content = s[lo : len(s) - hi]
                     if content:  # one prompt's rows at a time stay in cache (a gather of the block's did not)
                         out[i] = self.table[content].mean(axis=0)
-                if bar is not None:
-                    bar.update(len(seqs))
+                bar.update(len(seqs))
         return _l2_normalise(out)
 
     def save(self, directory: Path) -> None:

@@ -27,7 +27,8 @@ from router.encoders.spec import (
     resolve_layers,
     resolve_source,
 )
-from router.encoders.window import TokenWindow, _join_blocks, _length_batches, _mean_pool, _pad_batch, _progress_bar
+from router.encoders.window import TokenWindow, _join_blocks, _length_batches, _mean_pool, _pad_batch
+from router.progress import progress_bar
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import tokenizers
@@ -79,7 +80,7 @@ class SentenceTransformerEncoder:
         out, seqs = self.window.encode_inputs(texts, self.dim)
         if not seqs:
             return out
-        with _progress_bar(len(seqs), progress, "embedding") as bar, torch.inference_mode():
+        with progress_bar(progress, len(seqs), "embedding", unit="text") as bar, torch.inference_mode():
             for idx in _length_batches(seqs, batch_size):
                 ids, mask = _pad_batch([seqs[i] for i in idx], self.pad_id)
                 features = {
@@ -92,8 +93,7 @@ class SentenceTransformerEncoder:
                 else:
                     states = _transformer_module(self.model)(**features, output_hidden_states=True).hidden_states
                     out[idx] = np.hstack([_mean_pool(states[i].float().cpu().numpy(), mask) for i in self.layers])
-                if bar is not None:
-                    bar.update(len(idx))
+                bar.update(len(idx))
         return _join_blocks(out, len(self.layers))
 
     def save(self, directory: Path) -> None:

@@ -1,14 +1,13 @@
 """The token window both transformer backends and the static encoder share (head + tail of a long prompt, with the
 tokenizer's special tokens), and the batching, pooling and normalisation steps around it.
 
-Imports only numpy (tokenizers and tqdm lazily).
+Imports only numpy (tokenizers lazily).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -184,11 +183,3 @@ def _join_blocks(v: np.ndarray, n_blocks: int) -> np.ndarray:
 def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask[..., None].astype(np.float32)
     return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
-
-
-def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return contextlib.nullcontext(None)
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="text")

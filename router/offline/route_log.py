@@ -119,20 +119,6 @@ def summary_lines(result: RouteLogResult | SparkRouteResult, engine: str) -> lis
     ]
 
 
-def resolve_threshold(router: Router, threshold: float | None, quality_target: float | None) -> float | None:
-    """The knob for every prompt of a log: ``threshold`` (checked), the one ``router`` chose for ``quality_target``,
-    or None (the model's default); not both."""
-    if quality_target is not None:
-        if threshold is not None:
-            raise ValueError("give threshold or quality_target, not both")
-        return router.threshold_for(quality_target)
-    if threshold is not None:
-        from router.core import check_threshold
-
-        return check_threshold(threshold)
-    return None
-
-
 def route_log(
     router: Router,
     data: str | os.PathLike[str] | PromptLog,
@@ -161,7 +147,7 @@ def route_log(
         raise ValueError(f"{out}: the output is Parquet: name it .parquet")
     if out.exists() and out.is_dir():
         raise ValueError(f"{out} is a folder; give a file name (a Spark run writes folders, the local engine a file)")
-    threshold = resolve_threshold(router, threshold, quality_target)
+    threshold = router.knob(threshold, quality_target)
 
     total = check_log(log, progress=progress, read_rows=read_rows)
     schema = output_schema(router.tiers, include_prompt)

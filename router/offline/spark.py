@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from router.log_format import MAX_SAMPLE, PROMPT_ID_HEX, check_renames, is_json_array, list_columns
 from router.offline.reader import PROMPT_COLUMNS, PromptLog, PromptLogError, missing_prompt
-from router.offline.route_log import output_columns, output_schema, resolve_threshold, summary_lines
+from router.offline.route_log import output_columns, output_schema, summary_lines
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -264,7 +264,7 @@ def route_log_spark(
     started = time.monotonic()
     log = data if isinstance(data, PromptLog) else PromptLog(data)
     uri, version, tiers, router = pyfunc_uri(model_uri, tracking_uri)
-    threshold = resolve_threshold(router, threshold, quality_target)
+    threshold = router.knob(threshold, quality_target)
     del router  # only its metadata was needed; the executors load the pyfunc
 
     df = read_prompts(spark, log)

@@ -8,7 +8,9 @@ decision are logged together). Feedback older than the cut whose decision is not
 kept (one row per router version; the export needs them for the rows that remain).
 
 Each batch is one short transaction of at most ``batch_rows`` requests per table, so writers (other replicas, the
-service's own writer) wait for one batch at most, never for the whole prune.
+service's own writer) wait for one batch at most, never for the whole prune. On PostgreSQL a batch holds an advisory
+lock for its transaction: replicas sharing a log take turns, and a replica's hourly batch is skipped while another
+process is pruning (it would find the same rows), instead of every replica deleting the same batch at once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from router.service.decision_log import store
 from router.service.decision_log.schema import calls, decisions, feedback
 
 BATCH_ROWS = 500  # requests per table per transaction
+PRUNE_LOCK_KEY = 0x5A1F9B3C4E2D7A62  # PostgreSQL advisory lock of a prune batch (next to migrate's key)
 
 
 @dataclass
@@ -64,8 +67,18 @@ def cutoff_days(days: float, now: datetime | None = None) -> str:
     return utc_iso((now or datetime.now(UTC)) - timedelta(days=days))
 
 
-def prune_batch(conn: sa.Connection, cut: str, batch_rows: int = BATCH_ROWS) -> PruneCounts:
-    """Delete one batch of rows older than ``cut`` (a :func:`utc_iso` time) in the caller's transaction."""
+def prune_batch(
+    conn: sa.Connection, cut: str, batch_rows: int = BATCH_ROWS, *, wait: bool = True
+) -> PruneCounts | None:
+    """Delete one batch of rows older than ``cut`` (a :func:`utc_iso` time) in the caller's transaction. On
+    PostgreSQL under the prune lock: ``wait`` for it, or (``wait=False``) return None at once when another process
+    holds it."""
+    if conn.dialect.name == "postgresql":
+        if not wait:
+            if not conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(PRUNE_LOCK_KEY))).scalar_one():
+                return None
+        else:
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PRUNE_LOCK_KEY)))
     n = PruneCounts()
     old = (
         conn.execute(sa.select(decisions.c.request_id).where(decisions.c.created_at < cut).limit(batch_rows))
@@ -135,6 +148,7 @@ def prune(
         while True:
             with engine.begin() as conn:
                 n = prune_batch(conn, cut, batch_rows)
+            assert n is not None  # it waited for the lock
             total = total + n
             if n.total == 0:
                 return total

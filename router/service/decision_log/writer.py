@@ -623,12 +623,15 @@ class DecisionLog:
         cut = retention.cutoff_days(self.retention_days)
         try:
             with self._engine.begin() as conn:
-                n = retention.prune_batch(conn, cut, self.prune_batch_rows)
+                n = retention.prune_batch(conn, cut, self.prune_batch_rows, wait=False)
         except Exception as exc:  # noqa: BLE001 - retention is retried at the next interval; writes go on
             log.error(
                 "decision log retention failed (tried again in %.0f s): %s", self.prune_every_seconds, store.reason(exc)
             )
             self._event("prune")
+            self._next_prune = time.monotonic() + self.prune_every_seconds
+            return
+        if n is None:  # another replica is pruning the shared log: its turn, ours in an hour
             self._next_prune = time.monotonic() + self.prune_every_seconds
             return
         if n.total:
