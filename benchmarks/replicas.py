@@ -51,8 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from harness import RssSampler, lua_distinct, run_wrk  # noqa: E402 - benchmarks/harness.py
-from mlflow_server import free_port, pg_database, running_mlflow_server  # noqa: E402 - the tests' registry helper
-from service_server import ServerProcess  # noqa: E402 - the tests' real-server helper
+from mlflow_server import pg_database, running_mlflow_server  # noqa: E402 - the tests' registry helper
+from service_server import ServerProcess, free_port  # noqa: E402 - the tests' real-server helper
 
 from router.service.settings import ServiceSettings  # noqa: E402
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from service_server import PORT_ATTEMPTS, free_port, lost_its_port
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.url import URL
 
@@ -95,12 +96,8 @@ def register_again(tracking_uri: str, name: str, version: str) -> str:
     return str(client.create_model_version(name, source=source, run_id=mv.run_id, model_id=model_id).version)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class _PortTaken(Exception):
+    """The server exited because its port was taken between :func:`free_port` and its bind."""
 
 
 class MlflowServer:
@@ -118,7 +115,22 @@ class MlflowServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 180.0) -> MlflowServer:
+        """Start the server and wait for ``/health``; on a new port when its port was taken before it bound it."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return self._start_once(timeout)
+            except _PortTaken:
+                if attempt == PORT_ATTEMPTS:
+                    raise RuntimeError(
+                        f"mlflow server found its port taken {attempt} times:\n{self.log()[-3000:]}"
+                    ) from None
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> MlflowServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        log_start = self.log_path.stat().st_size if self.log_path.is_file() else 0
         cmd = [
             sys.executable,
             "-m",
@@ -142,6 +154,9 @@ class MlflowServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if lost_its_port(self.log()[log_start:]):
+                    self.proc = None
+                    raise _PortTaken
                 raise RuntimeError(f"mlflow server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:

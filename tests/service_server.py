@@ -16,9 +16,19 @@ import httpx
 
 
 def free_port() -> int:
+    """A loopback port free now. Another process (an outgoing connection's local port, in the same ephemeral range)
+    may take it before a server binds it: servers started on it retry on a new one (:func:`lost_its_port`)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+PORT_ATTEMPTS = 5
+
+
+def lost_its_port(log_tail: str) -> bool:
+    """Whether a server that exited did so because its port was taken between :func:`free_port` and its bind."""
+    return "address already in use" in log_tail.lower()
 
 
 def closed_port_uri() -> str:
@@ -39,14 +49,22 @@ class ServerProcess:
     DEFAULT_ENV: dict[str, str] = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
     def __init__(self, env: dict[str, str], log_path: Path, extra_args: list[str] | None = None) -> None:
+        self.log_path = log_path
+        self._env = {**self.DEFAULT_ENV, **os.environ, **env}
+        self._extra_args = extra_args or []
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._attempts = 0
+        self._launch()
+
+    def _launch(self) -> None:
+        """Start the server on a new free port (``url`` follows it); the log file keeps every attempt's output."""
+        self._attempts += 1
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        full_env = {**self.DEFAULT_ENV, **os.environ, **env}
+        self._log_start = self._log.tell()
         args = [sys.executable, "-m", "training.cli", "serve", "--port", str(self.port), "--no-access-log"]
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            args + (extra_args or []), env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO
+            args + self._extra_args, env=self._env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO
         )
 
     def log(self) -> str:
@@ -58,6 +76,9 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if lost_its_port(self.log()[self._log_start :]) and self._attempts < PORT_ATTEMPTS:
+                    self._launch()  # the port was taken before the server bound it: another one
+                    continue
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             try:
                 r = httpx.get(f"{self.url}/readyz", timeout=2)
