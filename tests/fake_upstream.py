@@ -45,7 +45,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:  # run as a script or by uvicorn --app-dir: service_server sits beside this file
     sys.path.insert(0, str(TESTS_DIR))
 
-from service_server import free_port  # noqa: E402
+from service_server import PORT_ATTEMPTS, free_port, lost_its_port  # noqa: E402
 
 DEFAULT_MODEL_KEY = "*"
 HANG_SECONDS = 3600.0
@@ -640,6 +640,7 @@ class FakeUpstream:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
         self._http = httpx.Client(base_url=self.url, timeout=10)
+        self._port_attempts = 1
 
     @property
     def url(self) -> str:
@@ -663,6 +664,8 @@ class FakeUpstream:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if lost_its_port(self.log()) and self._port_attempts < PORT_ATTEMPTS:
+                    return self._start_on_another_port()
                 raise RuntimeError(f"fake upstream exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             try:
                 if self._http.get("/_control/health", timeout=2).status_code == 200:
@@ -672,6 +675,16 @@ class FakeUpstream:
             time.sleep(0.1)
         self.stop()
         raise TimeoutError(f"fake upstream not ready after {self.ready_timeout}s:\n{self.log()[-4000:]}")
+
+    def _start_on_another_port(self) -> FakeUpstream:
+        """Its port was taken between free_port() and the bind (another process's connection): a new one."""
+        self._port_attempts += 1
+        self._log.close()
+        self.proc = None
+        self.port = free_port()
+        self._http.close()
+        self._http = httpx.Client(base_url=self.url, timeout=10)
+        return self.start()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
