@@ -618,11 +618,9 @@ def _fit_group_model(
         if np.unique(g).size >= 2:
             labels = g
     sample = _group_sample(n, labels, seed)  # None: every row (logs up to GROUP_FIT_ROWS fitted prompts)
+    learn: slice | np.ndarray = slice(None) if sample is None else sample  # Z[slice(None)] is Z itself, no copy
     if labels is not None:
-        if sample is None:
-            lr = LogisticRegression(C=GROUP_C, max_iter=2000).fit(Z, labels)
-        else:
-            lr = LogisticRegression(C=GROUP_C, max_iter=2000).fit(Z[sample], labels[sample])
+        lr = LogisticRegression(C=GROUP_C, max_iter=2000).fit(Z[learn], labels[learn])
         model: dict[str, Any] = {
             "kind": "task",
             "classes": [str(c) for c in lr.classes_],
@@ -635,7 +633,7 @@ def _fit_group_model(
 
         k = int(np.clip(round(np.sqrt(n / 4.0)), 1, 64))
         k = min(k, n)
-        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(Z if sample is None else Z[sample])
+        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(Z[learn])
         model = {"kind": "centroids", "centroids": km.cluster_centers_.tolist()}
         assigned = km.labels_ if sample is None else km.predict(Z)
         member = assigned[:, None] == np.arange(k)[None, :]
@@ -771,7 +769,7 @@ def _fit_linear(
         j: np.clip(np.nan_to_num(np.nanmean(Y[fold != j], axis=0), nan=0.5), 1e-4, 1 - 1e-4) for j in folds
     }
     full_priors = np.clip(priors, 1e-4, 1 - 1e-4)
-    reuse_group = reuse is not None and reuse["group"]["kind"] == "task"
+    reused_group = reuse["group"] if reuse is not None and reuse["group"]["kind"] == "task" else None
 
     def fold_group(j: int) -> dict[str, Any]:
         a = fold != j
@@ -782,7 +780,7 @@ def _fit_linear(
         return _fit_lr(Z[a], Y[a], fold_priors[j])
 
     jobs: dict[str, Callable[[], Any]] = {}  # the slowest first
-    if not reuse_group:
+    if reused_group is None:
         jobs["group"] = partial(_fit_group_model, Z, Y, g, full_priors, seed, group_shrink)
     jobs.update({f"group{j}": partial(fold_group, j) for j in folds})
     if reuse is None:
@@ -798,7 +796,7 @@ def _fit_linear(
             named = _named_rows(part["group"], list(g[b]), int(b.sum()))
             oof_named[b] = _logit(_prior_proba(part["group"], Z[b], named))
 
-    params["group"] = reuse["group"] if reuse is not None and reuse_group else done["group"]
+    params["group"] = done["group"] if reused_group is None else reused_group
     if reuse is not None:
         params["lr_coef"], params["lr_intercept"] = reuse["lr_coef"], reuse["lr_intercept"]
     else:

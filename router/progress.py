@@ -1,5 +1,5 @@
 """Progress bars on stderr (tqdm, imported only when a bar is shown): the one helper of ``tierwise route-log``,
-``tierwise featurize`` and ``tierwise batch``."""
+``tierwise featurize``, ``tierwise batch``, the encoders and the embedding cache."""
 
 from __future__ import annotations
 

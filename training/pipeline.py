@@ -981,14 +981,14 @@ def timing_metrics(timings: dict[str, float]) -> dict[str, float]:
 
 def describe_timings(timings: dict[str, float]) -> str:
     """One line: each phase's wall seconds (and the embedding rate)."""
+    rate = timing_metrics(timings).get("embed_prompts_per_s")
     parts = []
     for key in ("prepare", "embed", "features", "fit", "evaluate", "log", "total"):
         if key not in timings:
             continue
         text = f"{key} {timings[key]:.1f} s"
-        new = timings.get("embed_new_prompts", 0.0)
-        if key == "embed" and new > 0 and timings[key] > 0:
-            text += f" ({int(new):,} new prompts, {new / timings[key]:.0f}/s)"
+        if key == "embed" and rate is not None:
+            text += f" ({int(timings['embed_new_prompts']):,} new prompts, {rate:.0f}/s)"
         if key == "fit" and "select" in timings:
             text += f" (model selection {timings['select']:.1f} s)"
         parts.append(text)

@@ -74,11 +74,10 @@ def prune_batch(
     PostgreSQL under the prune lock: ``wait`` for it, or (``wait=False``) return None at once when another process
     holds it."""
     if conn.dialect.name == "postgresql":
-        if not wait:
-            if not conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(PRUNE_LOCK_KEY))).scalar_one():
-                return None
-        else:
+        if wait:
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(PRUNE_LOCK_KEY)))
+        elif not conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(PRUNE_LOCK_KEY))).scalar_one():
+            return None
     n = PruneCounts()
     old = (
         conn.execute(sa.select(decisions.c.request_id).where(decisions.c.created_at < cut).limit(batch_rows))
